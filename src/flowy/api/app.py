@@ -1,0 +1,38 @@
+"""The ASGI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from flowy import __version__
+from flowy.api import errors
+from flowy.api.limits import BodyLimit
+from flowy.api.routes import router
+from flowy.services.platform import Platform
+from flowy.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
+    """Build the HTTP API.  Workers start and stop with the application's lifespan."""
+    settings = settings or load_settings()
+    plat = platform or Platform.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        plat.start()
+        try:
+            yield
+        finally:
+            plat.stop()
+
+    app = FastAPI(title="Flowy", version=__version__, lifespan=lifespan,
+                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+    app.state.platform = plat
+    errors.install(app)
+    app.add_middleware(BodyLimit, default=settings.server.max_body_bytes,
+                       uploads=settings.media.max_bytes + 65536)
+    app.include_router(router)
+    return app

@@ -1,0 +1,48 @@
+"""Request dependencies: the platform and the caller's workspace."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+
+from flowy.errors import BadRequest, Issue, ValidationFailed
+from flowy.services.keys import authenticate
+from flowy.services.platform import Platform
+
+
+def platform(request: Request) -> Platform:
+    p: Platform = request.app.state.platform
+    return p
+
+
+PlatformDep = Annotated[Platform, Depends(platform)]
+
+
+def workspace(p: PlatformDep,
+              authorization: Annotated[str | None, Header()] = None) -> str:
+    """The workspace of the Bearer key; AuthError (401) otherwise."""
+    return authenticate(p.db, authorization)
+
+
+WorkspaceDep = Annotated[str, Depends(workspace)]
+
+
+async def json_body(request: Request) -> Any:
+    """The request body as JSON, with errors that say what is wrong with it."""
+    ctype = request.headers.get("content-type", "")
+    raw = await request.body()
+    if not raw.strip():
+        raise ValidationFailed([Issue("required", "a JSON body is required", field="body")])
+    if ctype and "json" not in ctype:
+        raise BadRequest(f"expected Content-Type: application/json, got {ctype!r}")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}",
+                         details=[{"field": "body", "code": "malformed_json",
+                                   "message": str(exc)}]) from None
+
+
+BodyDep = Annotated[Any, Depends(json_body)]

@@ -1,0 +1,208 @@
+"""The ``flowy`` command: run the server, manage keys, create and list apps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from flowy.settings import Settings, load_settings
+
+app = typer.Typer(help="Flowy: node-graph workflows as apps behind an async REST API.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Manage API keys (works on the local data directory).",
+                       no_args_is_help=True)
+apps_app = typer.Typer(help="Create and list apps (talks to FLOWY_API with FLOWY_KEY).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(apps_app, name="apps")
+
+DataDir = Annotated[Path | None, typer.Option(help="Data directory (FLOWY_DATA_DIR).")]
+
+
+def _settings(data_dir: Path | None = None, **server: Any) -> Settings:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    settings = load_settings(**overrides)
+    for key, value in server.items():
+        if value is not None:
+            setattr(settings.server, key, value)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Start Flowy in embedded mode: API, SQLite, local files and in-process workers."""
+    import uvicorn
+
+    from flowy.api.app import create_app
+    from flowy.db.migrate import upgrade
+    from flowy.services.bootstrap import bootstrap
+    from flowy.services.platform import Platform
+
+    settings = _settings(data_dir, host=host, port=port)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    platform = Platform.build(settings)
+    upgrade(settings.sqlalchemy_url)
+    api = f"{settings.base_url}/v1"
+    typer.echo(f"Flowy (embedded) on {settings.base_url}, data in "
+               f"{settings.data_dir.resolve()}")
+    if settings.bootstrap:
+        boot = bootstrap(platform.db, platform.apps)
+        if boot.api_key:
+            typer.echo("Created the default workspace, its example apps and an API key.\n"
+                       "The key is shown only this once; paste these lines in your shell:\n")
+            typer.echo(f"export FLOWY_API={api}")
+            typer.echo(f"export FLOWY_KEY={boot.api_key}\n")
+        else:
+            typer.echo(f"export FLOWY_API={api}   # make a key with: flowy keys create")
+    sys.stdout.flush()
+    uvicorn.run(create_app(settings, platform), host=settings.server.host,
+                port=settings.server.port, log_level=settings.log_level.lower(),
+                access_log=False)
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the database schema up to date."""
+    from flowy.db.migrate import upgrade
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    typer.echo("database is up to date")
+
+
+def _db(data_dir: Path | None) -> Any:
+    from flowy.db.migrate import upgrade
+    from flowy.db.session import Database
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    return Database(settings.sqlalchemy_url)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name to tell the key apart.")] = "cli",
+    workspace: Annotated[str | None, typer.Option(help="Workspace id (default: first).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Make an API key; it is printed once and stored only as a hash."""
+    from flowy.services.keys import create_key, create_workspace, first_workspace
+
+    db = _db(data_dir)
+    ws = workspace or first_workspace(db) or create_workspace(db, "Default workspace")
+    info, key = create_key(db, ws, name)
+    typer.echo(f"created key {info.id} ({info.name}) for workspace {ws}; it is shown once:")
+    typer.echo(f"export FLOWY_KEY={key}")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List keys (prefixes only; keys themselves are never stored)."""
+    from flowy.services.keys import list_keys
+
+    for k in list_keys(_db(data_dir)):
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+        typer.echo(f"{k.id}  {k.prefix}…  {k.name:<16} {state:<18} last used {used}  "
+                   f"workspace {k.workspace_id}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a key at once."""
+    from flowy.errors import NotFound
+    from flowy.services.keys import revoke_key
+
+    try:
+        info = revoke_key(_db(data_dir), key_id)
+    except NotFound as exc:
+        _fail(exc.message)
+    typer.echo(f"revoked key {info.id} ({info.name})")
+
+
+def _client() -> httpx.Client:
+    api = os.environ.get("FLOWY_API")
+    key = os.environ.get("FLOWY_KEY")
+    if not api or not key:
+        _fail("set FLOWY_API and FLOWY_KEY (flowy serve prints both on first start)")
+    return httpx.Client(base_url=str(api).rstrip("/"), timeout=30,
+                        headers={"Authorization": f"Bearer {key}"})
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    with _client() as c:
+        try:
+            res = c.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {c.base_url}: {exc}")
+    body = res.json() if res.headers.get("content-type", "").startswith("application/json") \
+        else {}
+    if res.status_code >= 400:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        _fail(f"{res.status_code} {err.get('code', '')}: {err.get('message', res.text)}")
+    return body.get("data")
+
+
+@apps_app.command("create")
+def apps_create(
+    file: Annotated[Path, typer.Argument(help="App JSON: {title, workflow, ...} or a bare "
+                                              "workflow {nodes: [...]}", exists=True)],
+    title: Annotated[str | None, typer.Option(help="Title (overrides the file's).")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish it so it can be run.")] = True,
+) -> None:
+    """Create an app from a workflow JSON file."""
+    try:
+        doc = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        _fail(f"{file} is not valid JSON: {exc}")
+    if isinstance(doc, dict) and "nodes" in doc:
+        doc = {"workflow": doc}
+    if not isinstance(doc, dict):
+        _fail(f"{file} must hold a JSON object")
+    doc["title"] = title or doc.get("title") or file.stem
+    doc["published"] = publish
+    data = _call("POST", "/apps", json=doc)
+    typer.echo(f"created app {data['id']} \"{data['title']}\" (version {data['version']}, "
+               f"{'published' if data['published'] else 'draft'})")
+    for i in data["inputs"]:
+        typer.echo(f"  input  {i['nodeId']:<10} {i['kind']:<10} {i['label']}"
+                   f"{' (required)' if i['required'] else ''}")
+    for o in data["outputs"]:
+        typer.echo(f"  output {o['nodeId']:<10} {o['outputType']:<10} {o['label']}")
+
+
+@apps_app.command("list")
+def apps_list() -> None:
+    """List the apps of the key's workspace."""
+    for a in _call("GET", "/apps"):
+        state = "published" if a["published"] else "draft"
+        typer.echo(f"{a['id']}  {a['title']:<32} {state:<9} {a['runCount']} runs")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

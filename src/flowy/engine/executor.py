@@ -1,0 +1,223 @@
+"""Execute a validated workflow: a ready set, bounded concurrency, a watchdog.
+
+The executor imports no web framework, database or queue.  It reports through an
+:class:`EventSink` and stops when its :class:`CancelToken` is set.  Scheduling follows
+``graphlib.TopologicalSorter``'s ready set, so a slow branch never holds back a fast
+one; the scheduler thread waits on the running nodes with a short timeout so that node
+deadlines, the run deadline and cancellation are enforced even while no node finishes.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flowy.engine.graph import BoundNode, Workflow
+from flowy.engine.spec import MediaSource
+from flowy.errors import NodeError, NodeTimeout, RunCanceled
+
+logger = logging.getLogger(__name__)
+
+#: How often the scheduler looks at deadlines and the cancel token while nodes run.
+WATCH_INTERVAL = 0.1
+
+
+class EventSink(Protocol):
+    """Receives per-node state changes as they happen."""
+
+    def node_started(self, node_id: str) -> None: ...
+
+    def node_progress(self, node_id: str, fraction: float) -> None: ...
+
+    def node_finished(self, node_id: str, *, error: str | None = None) -> None: ...
+
+
+class NullSink:
+    """An event sink that drops everything."""
+
+    def node_started(self, node_id: str) -> None:
+        pass
+
+    def node_progress(self, node_id: str, fraction: float) -> None:
+        pass
+
+    def node_finished(self, node_id: str, *, error: str | None = None) -> None:
+        pass
+
+
+class CancelToken:
+    """Set once to stop a run; nodes and the scheduler look at it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = "run was canceled"
+
+    def cancel(self, reason: str = "run was canceled") -> None:
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def canceled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class _Context:
+    run_id: str
+    node_id: str
+    input_value: object
+    media: MediaSource
+    max_pixels: int
+    token: CancelToken
+    sink: EventSink
+
+    def check_canceled(self) -> None:
+        if self.token.canceled:
+            raise RunCanceled(self.token.reason, self.node_id)
+
+    def progress(self, fraction: float) -> None:
+        self.sink.node_progress(self.node_id, min(1.0, max(0.0, fraction)))
+
+
+@dataclass
+class RunRequest:
+    """Everything one execution needs besides the workflow."""
+
+    run_id: str
+    inputs: Mapping[str, object]
+    media: MediaSource
+    max_pixels: int = 64_000_000
+    node_timeout: float = 120.0
+    deadline: float | None = None  # time.monotonic() value
+    token: CancelToken = field(default_factory=CancelToken)
+
+
+def describe_failure(node: BoundNode, exc: BaseException) -> str:
+    """The run's error string: which node failed and why."""
+    if isinstance(exc, NodeError):
+        cause = exc.message
+    else:
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{node.id} ({node.label}): {cause}"
+
+
+class RunFailed(Exception):
+    """A run failed; ``error`` names the node and the cause."""
+
+    def __init__(self, error: str, node_id: str | None, canceled: bool = False) -> None:
+        super().__init__(error)
+        self.error = error
+        self.node_id = node_id
+        self.canceled = canceled
+
+
+class WorkflowExecutor:
+    """Runs workflows on a shared thread pool, at most ``concurrency`` nodes of a run at once."""
+
+    def __init__(self, pool: Executor, *, concurrency: int = 4) -> None:
+        self._pool = pool
+        self._concurrency = concurrency
+
+    def execute(
+        self, workflow: Workflow, request: RunRequest, sink: EventSink | None = None
+    ) -> dict[str, object]:
+        """Run every node; return the values of the output nodes by node id.
+
+        Raises :class:`RunFailed` naming the node when a node fails, times out or the run
+        is canceled or passes its deadline.
+        """
+        sink = sink or NullSink()
+        sorter = graphlib.TopologicalSorter(
+            {nid: workflow.predecessors(nid) for nid in workflow.nodes}
+        )
+        sorter.prepare()
+        # How many consumers still need each node's values, to free images early.
+        consumers = {nid: 0 for nid in workflow.nodes}
+        for b in workflow.nodes.values():
+            for src in {w.node for w in b.wires.values()}:
+                consumers[src] += 1
+
+        values: dict[str, Mapping[str, object]] = {}
+        outputs: dict[str, object] = {}
+        running: dict[Future[Mapping[str, object]], tuple[str, float]] = {}
+        waiting: list[str] = []
+
+        def start(nid: str) -> None:
+            b = workflow.nodes[nid]
+            kwargs = {name: values[w.node][w.port] for name, w in b.wires.items()}
+            ctx = _Context(request.run_id, nid, request.inputs.get(nid), request.media,
+                           request.max_pixels, request.token, sink)
+            timeout = b.type.timeout_seconds or request.node_timeout
+            sink.node_started(nid)
+            fut = self._pool.submit(b.type.run, ctx, b.params, **kwargs)
+            running[fut] = (nid, time.monotonic() + timeout)
+
+        try:
+            while sorter.is_active():
+                waiting.extend(sorter.get_ready())
+                while waiting and len(running) < self._concurrency:
+                    start(waiting.pop(0))
+                done, _ = wait(list(running), timeout=WATCH_INTERVAL,
+                               return_when=FIRST_COMPLETED)
+                for fut in done:
+                    nid, _deadline = running.pop(fut)
+                    b = workflow.nodes[nid]
+                    exc = fut.exception()
+                    if exc is not None:
+                        raise self._fail(b, exc, sink)
+                    result = fut.result()
+                    missing = set(b.type.outputs) - set(result)
+                    if missing:
+                        raise self._fail(b, NodeError(f"node gave no {sorted(missing)} output"),
+                                         sink)
+                    values[nid] = result
+                    if b.type.output_kind:
+                        outputs[nid] = result.get("value")
+                    sink.node_finished(nid)
+                    for src in {w.node for w in b.wires.values()}:
+                        consumers[src] -= 1
+                        if consumers[src] == 0:
+                            values.pop(src, None)
+                    sorter.done(nid)
+                self._watch(workflow, request, running, sink)
+        finally:
+            if running:
+                # Cooperative nodes stop at their next check; the rest finish unobserved.
+                request.token.cancel(request.token.reason)
+                for fut in running:
+                    fut.cancel()
+        return outputs
+
+    def _watch(
+        self,
+        workflow: Workflow,
+        request: RunRequest,
+        running: Mapping[Future[Mapping[str, object]], tuple[str, float]],
+        sink: EventSink,
+    ) -> None:
+        now = time.monotonic()
+        for nid, node_deadline in running.values():
+            b = workflow.nodes[nid]
+            if request.token.canceled:
+                raise self._fail(b, RunCanceled(request.token.reason, nid), sink)
+            if request.deadline is not None and now > request.deadline:
+                raise self._fail(b, NodeTimeout("the run passed its time limit", nid), sink)
+            if now > node_deadline:
+                limit = b.type.timeout_seconds or request.node_timeout
+                raise self._fail(b, NodeTimeout(f"timed out after {limit:g} s", nid), sink)
+        if request.token.canceled:
+            raise RunFailed(request.token.reason, None, canceled=True)
+
+    @staticmethod
+    def _fail(b: BoundNode, exc: BaseException, sink: EventSink) -> RunFailed:
+        error = describe_failure(b, exc)
+        if not isinstance(exc, NodeError):
+            logger.error("node %s (%s) raised", b.id, b.type.type, exc_info=exc)
+        sink.node_finished(b.id, error=error)
+        return RunFailed(error, b.id, canceled=isinstance(exc, RunCanceled))

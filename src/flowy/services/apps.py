@@ -1,0 +1,136 @@
+"""Apps and their immutable versions."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from threading import Lock
+from typing import Any
+
+from sqlalchemy import func, select
+
+from flowy.db.models import App, AppVersion, utcnow
+from flowy.db.session import Database
+from flowy.engine.graph import Workflow, parse_workflow
+from flowy.engine.registry import NodeRegistry
+from flowy.errors import Issue, NotFound, ValidationFailed
+from flowy.ids import is_id
+
+
+class WorkflowCache:
+    """Parsed workflows by version id.  Versions never change, so entries never go stale."""
+
+    def __init__(self, registry: NodeRegistry, size: int = 256) -> None:
+        self.registry = registry
+        self._size = size
+        self._items: OrderedDict[str, Workflow] = OrderedDict()
+        self._lock = Lock()
+
+    def get(self, version_id: str, document: dict[str, Any]) -> Workflow:
+        with self._lock:
+            wf = self._items.get(version_id)
+            if wf is not None:
+                self._items.move_to_end(version_id)
+                return wf
+        wf = parse_workflow(document, self.registry)
+        with self._lock:
+            self._items[version_id] = wf
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return wf
+
+
+@dataclass(frozen=True)
+class AppDetail:
+    app: App
+    version: AppVersion
+    workflow: Workflow
+
+
+def _check_title(title: object, issues: list[Issue]) -> None:
+    if not isinstance(title, str) or not title.strip() or len(title) > 200:
+        issues.append(Issue("invalid_value", "must be a non-empty string of at most 200 "
+                            "characters", field="title"))
+
+
+def _load(s: Any, workspace_id: str, app_id: str) -> App:
+    app = s.get(App, app_id) if is_id(app_id) else None
+    if app is None or app.workspace_id != workspace_id or app.deleted_at is not None:
+        raise NotFound(f"app {app_id} not found")
+    return app
+
+
+class AppService:
+    def __init__(self, db: Database, workflows: WorkflowCache) -> None:
+        self.db = db
+        self.workflows = workflows
+
+    def list(self, workspace_id: str) -> list[App]:
+        with self.db.read() as s:
+            q = (select(App).where(App.workspace_id == workspace_id, App.deleted_at.is_(None))
+                 .order_by(App.created_at, App.id))
+            return list(s.scalars(q))
+
+    def get(self, workspace_id: str, app_id: str) -> AppDetail:
+        """The app with its current version; NotFound for another workspace's app."""
+        with self.db.read() as s:
+            app = _load(s, workspace_id, app_id)
+            version = s.get(AppVersion, app.current_version_id)
+            assert version is not None
+        return AppDetail(app, version, self.workflows.get(version.id, version.workflow))
+
+    def create(self, workspace_id: str, *, title: object, workflow: object,
+               description: str = "", published: bool = False) -> AppDetail:
+        """Validate the workflow and store the app with version 1."""
+        issues: list[Issue] = []
+        _check_title(title, issues)
+        if issues:
+            raise ValidationFailed(issues)
+        wf = parse_workflow(workflow, self.workflows.registry)
+        assert isinstance(workflow, dict) and isinstance(title, str)
+        with self.db.write() as s:
+            app = App(workspace_id=workspace_id, title=title.strip(), description=description,
+                      published=published)
+            s.add(app)
+            s.flush()
+            version = AppVersion(app_id=app.id, number=1, workflow=workflow)
+            s.add(version)
+            s.flush()
+            app.current_version_id = version.id
+        return AppDetail(app, version, wf)
+
+    def update(self, workspace_id: str, app_id: str, *, title: object = None,
+               description: str | None = None, workflow: object = None,
+               published: bool | None = None) -> AppDetail:
+        """Change an app; a new workflow becomes a new version (runs in flight keep theirs)."""
+        issues: list[Issue] = []
+        if title is not None:
+            _check_title(title, issues)
+        if issues:
+            raise ValidationFailed(issues)
+        wf = parse_workflow(workflow, self.workflows.registry) if workflow is not None else None
+        with self.db.write() as s:
+            app = _load(s, workspace_id, app_id)
+            if isinstance(title, str):
+                app.title = title.strip()
+            if description is not None:
+                app.description = description
+            if published is not None:
+                app.published = published
+            if wf is not None:
+                assert isinstance(workflow, dict)
+                number = s.scalar(select(func.max(AppVersion.number))
+                                  .where(AppVersion.app_id == app.id)) or 0
+                version = AppVersion(app_id=app.id, number=number + 1, workflow=workflow)
+                s.add(version)
+                s.flush()
+                app.current_version_id = version.id
+            app.updated_at = utcnow()
+        return self.get(workspace_id, app_id)
+
+    def delete(self, workspace_id: str, app_id: str) -> None:
+        """Delete an app.  Its past runs stay readable; new runs are refused."""
+        with self.db.write() as s:
+            app = _load(s, workspace_id, app_id)
+            app.deleted_at = utcnow()
+            app.published = False

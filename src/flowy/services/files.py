@@ -1,0 +1,138 @@
+"""Stored files (assets): uploads and run outputs, and the signed links to them.
+
+A link is ``{base}/v1/files/{assetId}/{filename}?expires=…&signature=…``.  The signature
+covers method, path and expiry, so the link itself is the credential; it is signed afresh
+each time a run is read.  A link to an upload is also a valid run input: it is resolved
+here, inside the workspace, without an HTTP round trip (and so without the address guard
+refusing Flowy's own loopback address).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import parse_qs, quote, urlsplit
+
+from flowy.db.models import Asset
+from flowy.db.session import Database
+from flowy.errors import FlowyError, Forbidden, MediaError, NotFound
+from flowy.ids import is_id
+from flowy.storage.base import BlobStore
+from flowy.storage.signing import UrlSigner
+
+FILES_PREFIX = "/v1/files/"
+
+_MAGIC: list[tuple[bytes, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+]
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The type of a file from its first bytes; never from what the sender claimed."""
+    for magic, ctype in _MAGIC:
+        if data.startswith(magic):
+            return ctype
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "audio/wav"
+    if data[4:8] == b"ftyp":
+        return "video/mp4"
+    return "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class SignedLink:
+    url: str
+    expires_at: datetime
+
+
+class FileService:
+    def __init__(self, db: Database, blobs: BlobStore, signer: UrlSigner, base_url: str,
+                 ttl_seconds: int) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.signer = signer
+        self.base_url = base_url.rstrip("/")
+        self.ttl = ttl_seconds
+
+    def store(self, workspace_id: str, data: bytes, *, filename: str, kind: str,
+              content_type: str | None = None, run_id: str | None = None) -> Asset:
+        """Keep ``data`` (content-addressed) and record it as an asset of the workspace."""
+        key = self.blobs.put(data)
+        asset = Asset(workspace_id=workspace_id, kind=kind, key=key, size=len(data),
+                      content_type=content_type or sniff_content_type(data),
+                      filename=filename, run_id=run_id)
+        with self.db.write() as s:
+            s.add(asset)
+        return asset
+
+    def link(self, asset_id: str, filename: str) -> SignedLink:
+        path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"
+        url, expires = self.signer.signed_url(self.base_url, path, self.ttl)
+        return SignedLink(url, expires)
+
+    def open(self, asset_id: str, filename: str, expires: str | None,
+             signature: str | None) -> tuple[Asset, bytes]:
+        """The asset behind a signed link; Forbidden for any bad or expired link."""
+        path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"
+        self.signer.verify("GET", path, expires, signature)
+        asset = self._asset(asset_id)
+        if asset is None or asset.filename != filename:
+            raise NotFound("file not found")
+        try:
+            return asset, self.blobs.get(asset.key)
+        except FileNotFoundError:
+            raise NotFound("file is no longer stored") from None
+
+    def _asset(self, asset_id: str) -> Asset | None:
+        if not is_id(asset_id):
+            return None
+        with self.db.read() as s:
+            return s.get(Asset, asset_id)
+
+    def _own_path(self, url: str) -> tuple[str, str, dict[str, list[str]]] | None:
+        """(asset id, filename, query) when ``url`` is one of Flowy's file links."""
+        if not url.startswith(self.base_url + FILES_PREFIX):
+            return None
+        parts = urlsplit(url)
+        rest = parts.path[len(FILES_PREFIX):]
+        asset_id, _, filename = rest.partition("/")
+        return asset_id, filename, parse_qs(parts.query)
+
+    def check_link(self, url: str, workspace_id: str) -> str | None:
+        """For run creation: a problem with a Flowy file link, or None if fine or foreign."""
+        try:
+            self.read_link(url, workspace_id, allow_expired=False)
+        except FlowyError as exc:
+            return exc.message
+        return None
+
+    def read_link(self, url: str, workspace_id: str, *, allow_expired: bool) -> bytes | None:
+        """The bytes behind a Flowy file link of this workspace; None if not a Flowy link.
+
+        Raises MediaError for a bad or expired link or another workspace's file.
+        """
+        own = self._own_path(url)
+        if own is None:
+            return None
+        asset_id, filename, query = own
+        try:
+            self.signer.verify("GET", FILES_PREFIX + asset_id + "/" + filename,
+                               (query.get("expires") or [None])[0],
+                               (query.get("signature") or [None])[0],
+                               allow_expired=allow_expired)
+        except Forbidden:
+            raise MediaError("the file link is invalid or has expired; upload the file "
+                             "again") from None
+        asset = self._asset(asset_id)
+        if asset is None or asset.workspace_id != workspace_id:
+            raise MediaError("the file link points to a file that does not exist")
+        try:
+            return self.blobs.get(asset.key)
+        except FileNotFoundError:
+            raise MediaError("the linked file is no longer stored") from None

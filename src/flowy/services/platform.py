@@ -1,0 +1,79 @@
+"""The parts of a running Flowy, built once from settings and passed down."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import IO
+
+from flowy.db.migrate import upgrade
+from flowy.db.session import Database
+from flowy.engine.registry import NodeRegistry, default_registry
+from flowy.errors import FlowyError
+from flowy.services.apps import AppService, WorkflowCache
+from flowy.services.files import FileService
+from flowy.services.runs import RunService
+from flowy.settings import Settings
+from flowy.storage.local import LocalBlobStore
+from flowy.storage.signing import UrlSigner
+from flowy.worker.pool import LocalWorkerPool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    registry: NodeRegistry
+    files: FileService
+    apps: AppService
+    runs: RunService
+    workers: LocalWorkerPool
+    _lock_file: IO[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings, registry: NodeRegistry | None = None) -> Platform:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.sqlalchemy_url)
+        registry = registry or default_registry()
+        workflows = WorkflowCache(registry)
+        files = FileService(db, LocalBlobStore(settings.storage_dir),
+                            UrlSigner(settings.signing_key()), settings.base_url,
+                            settings.media.url_ttl_seconds)
+        apps = AppService(db, workflows)
+        workers = LocalWorkerPool(settings, db, workflows, files)
+        runs = RunService(db, apps, files, workers.enqueue)
+        return cls(settings, db, registry, files, apps, runs, workers)
+
+    def start(self) -> None:
+        """Migrate the schema, take the data directory, start the in-process workers."""
+        self._lock_data_dir()
+        upgrade(self.settings.sqlalchemy_url)
+        self.workers.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.db.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _lock_data_dir(self) -> None:
+        # Embedded mode recovers "running" runs at start-up as orphans; that is only
+        # sound when one process owns the data directory, so make sure of it.
+        path = self.settings.data_dir / "flowy.lock"
+        f = open(path, "a+")  # noqa: SIM115 - held open for the process's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise FlowyError(f"another Flowy process is using {self.settings.data_dir}; "
+                             "stop it or pick another FLOWY_DATA_DIR") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f

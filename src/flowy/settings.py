@@ -1,0 +1,124 @@
+"""Settings: one pydantic-settings object, nested by area, read from ``FLOWY_*``.
+
+Nested fields use a double underscore: ``FLOWY_MEDIA__MAX_BYTES``.  The handful that an
+operator sets most often also have a flat alias (``FLOWY_ALLOW_PRIVATE_URLS``,
+``FLOWY_DATA_DIR``, ``FLOWY_SECRET_KEY``, ...).  Build one with :func:`load_settings`
+in ``create_app()`` or the CLI and pass it down; nothing reads the environment at import.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, description="Port the HTTP server binds to.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL callers reach Flowy at (no /v1); defaults to http://host:port. "
+        "Signed file URLs are built on it.",
+    )
+    max_body_bytes: int = Field(1 << 20, description="Largest JSON request body accepted.")
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(2, ge=1, description="Runs executed at once by in-process workers.")
+    node_concurrency: int = Field(
+        4, ge=1, description="Independent nodes of one run executed at once."
+    )
+    lease_seconds: float = Field(90.0, gt=0, description="How long a claim on a run lasts.")
+    heartbeat_seconds: float = Field(15.0, gt=0, description="How often a lease is renewed.")
+    sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
+    max_attempts: int = Field(3, ge=1, description="Attempts before a run is failed for good.")
+    node_timeout_seconds: float = Field(120.0, gt=0, description="Default per-node timeout.")
+
+
+class MediaSettings(BaseModel):
+    allow_private_urls: bool = Field(
+        False,
+        description="Let media URLs point at private, loopback and link-local addresses. "
+        "Off by default: a caller must not make the server fetch its own network.",
+    )
+    max_bytes: int = Field(25 << 20, description="Largest media file fetched or uploaded.")
+    fetch_timeout_seconds: float = Field(20.0, gt=0, description="Whole-fetch time limit.")
+    max_redirects: int = Field(5, ge=0, description="Redirects followed, each re-checked.")
+    max_pixels: int = Field(
+        64_000_000, description="Larger images are refused as decompression bombs."
+    )
+    url_ttl_seconds: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Lifetime of signed file URLs (max 7 days)."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything Flowy reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLOWY_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(
+        Path("./flowy-data"), description="SQLite file and stored files live here (embedded)."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; defaults to a SQLite file in data_dir."
+    )
+    secret_key: str | None = Field(
+        None,
+        description="Signs file URLs. When unset, a random key is made once and kept in "
+        "data_dir/secret.key so URLs survive restarts.",
+    )
+    allow_private_urls: bool = Field(
+        False, description="Flat alias of media.allow_private_urls."
+    )
+    bootstrap: bool = Field(
+        True, description="On first start create the default workspace, key and example apps."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLOWY_LOG_LEVEL"))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'flowy.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def base_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    def private_urls_allowed(self) -> bool:
+        return self.allow_private_urls or self.media.allow_private_urls
+
+    def signing_key(self) -> bytes:
+        """The HMAC key for file URLs: configured, or made once and kept in data_dir."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and ``.env``), with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""In-process workers for embedded mode: threads that take run ids from a local queue,
+a heartbeat that renews their leases, and a sweeper that recovers runs whose lease ran out.
+
+Scaled mode replaces the local queue by Celery; :class:`RunProcessor` stays the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from flowy.db.models import Run, utcnow
+from flowy.db.session import Database
+from flowy.engine.executor import WorkflowExecutor
+from flowy.ids import new_id
+from flowy.services.apps import WorkflowCache
+from flowy.services.files import FileService
+from flowy.services.states import RunStatus, requeue_expired
+from flowy.settings import Settings
+from flowy.worker.runner import RunProcessor
+
+logger = logging.getLogger(__name__)
+
+
+class LocalWorkerPool:
+    """Runs queued runs on threads of this process."""
+
+    def __init__(self, settings: Settings, db: Database, workflows: WorkflowCache,
+                 files: FileService) -> None:
+        self.settings = settings
+        self.db = db
+        w = settings.worker
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._node_pool = ThreadPoolExecutor(max_workers=w.concurrency * w.node_concurrency,
+                                             thread_name_prefix="flowy-node")
+        executor = WorkflowExecutor(self._node_pool, concurrency=w.node_concurrency)
+        self.processor = RunProcessor(settings, db, workflows, files, executor, self.owner)
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def enqueue(self, run_id: str) -> None:
+        self._queue.put(run_id)
+
+    def start(self) -> None:
+        """Recover what a previous process left, then start workers and housekeeping."""
+        self.recover()
+        for i in range(self.settings.worker.concurrency):
+            self._spawn(self._work, f"flowy-worker-{i}")
+        self._spawn(self._every(self.settings.worker.heartbeat_seconds,
+                                self.processor.renew_leases), "flowy-heartbeat")
+        self._spawn(self._every(self.settings.worker.sweep_seconds, self.sweep), "flowy-sweeper")
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def recover(self) -> None:
+        """Embedded mode owns its data directory alone (a lock file ensures it), so a run
+        still ``running`` at start-up belongs to a process that died: expire its lease now
+        rather than waiting it out, then sweep and queue every queued run."""
+        with self.db.write() as s:
+            s.execute(update(Run).where(Run.status == RunStatus.RUNNING)
+                      .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                      .execution_options(synchronize_session=False))
+        self.sweep(enqueue=False)
+        with self.db.read() as s:
+            ids = list(s.scalars(select(Run.id).where(Run.status == RunStatus.QUEUED)
+                                 .order_by(Run.created_at, Run.id)))
+        if ids:
+            logger.info("recovered %d queued run(s)", len(ids))
+        for run_id in ids:
+            self.enqueue(run_id)
+
+    def sweep(self, enqueue: bool = True) -> None:
+        """Requeue runs whose lease ran out; fail those out of attempts."""
+        with self.db.write() as s:
+            requeued, failed = requeue_expired(s, utcnow(), self.settings.worker.max_attempts)
+        for run_id in failed:
+            logger.warning("run %s failed: out of attempts", run_id)
+        for run_id in requeued:
+            logger.warning("run %s: lease expired, requeued", run_id)
+            if enqueue:
+                self.enqueue(run_id)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            run_id = self._queue.get()
+            if run_id is None:
+                break
+            try:
+                self.processor.process(run_id)
+            except Exception:
+                logger.exception("worker failed on run %s", run_id)
+
+    def _every(self, seconds: float, fn: object) -> object:
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    fn()  # type: ignore[operator]
+                except Exception:
+                    logger.exception("background task %s failed", getattr(fn, "__name__", fn))
+        return loop
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking runs; give runs in flight ``timeout`` seconds, then hand them back
+        to the queue (status ``queued``) for the next start."""
+        self._stop.set()
+        for _ in range(self.settings.worker.concurrency):
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=timeout if t.name.startswith("flowy-worker") else 1.0)
+        with self.db.write() as s:
+            s.execute(update(Run)
+                      .where(Run.status == RunStatus.RUNNING, Run.lease_owner == self.owner)
+                      .values(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                              # A hand-back on shutdown is not a failed attempt.
+                              attempt=Run.attempt - 1)
+                      .execution_options(synchronize_session=False))
+        self._node_pool.shutdown(wait=False, cancel_futures=True)

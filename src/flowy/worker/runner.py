@@ -1,0 +1,199 @@
+"""Process one run: claim it, execute its pinned workflow, store outputs, finish it.
+
+Every write after the claim is fenced by (lease owner, attempt), so a worker that lost its
+lease to the sweeper cannot complete a run that another worker now owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from flowy.db.models import AppVersion, Run, utcnow
+from flowy.db.session import Database
+from flowy.engine.executor import CancelToken, RunFailed, RunRequest, WorkflowExecutor
+from flowy.engine.graph import Workflow
+from flowy.engine.spec import Artifact
+from flowy.media.fetch import FetchPolicy
+from flowy.services.apps import WorkflowCache
+from flowy.services.files import FileService
+from flowy.services.media import RunMedia
+from flowy.services.states import NodeStatus, RunStatus, claim, fenced_update, finish
+from flowy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Progress is written at most this often per node, so a chatty node cannot flood the DB.
+PROGRESS_INTERVAL = 0.5
+
+
+def _iso_now() -> str:
+    return utcnow().isoformat().replace("+00:00", "Z")
+
+
+class RunSink:
+    """Keeps per-node state of one run and writes it to the run row (fenced)."""
+
+    def __init__(self, db: Database, run: Run, owner: str, workflow: Workflow) -> None:
+        self.db = db
+        self.run_id = run.id
+        self.owner = owner
+        self.attempt = run.attempt
+        self.lost = False
+        self._lock = threading.Lock()
+        self._t0: dict[str, float] = {}
+        self._last_progress: dict[str, float] = {}
+        self.states: dict[str, dict[str, Any]] = {
+            nid: {"type": workflow.nodes[nid].type.type, "label": workflow.nodes[nid].label,
+                  "status": NodeStatus.PENDING}
+            for nid in workflow.order
+        }
+
+    def _flush(self) -> None:
+        with self.db.write() as s:
+            ok = fenced_update(s, self.run_id, self.owner, self.attempt,
+                               nodes={k: dict(v) for k, v in self.states.items()})
+        if not ok:
+            self.lost = True
+
+    def node_started(self, node_id: str) -> None:
+        with self._lock:
+            self._t0[node_id] = time.perf_counter()
+            self.states[node_id].update(status=NodeStatus.RUNNING, startedAt=_iso_now(),
+                                        progress=0.0)
+            self._flush()
+
+    def node_progress(self, node_id: str, fraction: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_progress.get(node_id, 0.0) < PROGRESS_INTERVAL:
+                self.states[node_id]["progress"] = round(fraction, 3)
+                return
+            self._last_progress[node_id] = now
+            self.states[node_id]["progress"] = round(fraction, 3)
+            self._flush()
+
+    def node_finished(self, node_id: str, *, error: str | None = None) -> None:
+        with self._lock:
+            state = self.states[node_id]
+            t0 = self._t0.get(node_id)
+            state["completedAt"] = _iso_now()
+            if t0 is not None:
+                state["durationMs"] = round((time.perf_counter() - t0) * 1000, 2)
+            if error is None:
+                state.update(status=NodeStatus.COMPLETED, progress=1.0)
+            else:
+                state.update(status=NodeStatus.FAILED, error=error)
+            # The terminal write carries the final node states; skip a write per node end
+            # for the last one by writing here only while the run goes on.
+            self._flush()
+
+    def close_pending(self, status: NodeStatus) -> None:
+        with self._lock:
+            for state in self.states.values():
+                if state["status"] in (NodeStatus.PENDING, NodeStatus.RUNNING):
+                    state["status"] = status
+
+
+class RunProcessor:
+    """Executes runs for one worker identity (``owner``)."""
+
+    def __init__(self, settings: Settings, db: Database, workflows: WorkflowCache,
+                 files: FileService, executor: WorkflowExecutor, owner: str) -> None:
+        self.settings = settings
+        self.db = db
+        self.workflows = workflows
+        self.files = files
+        self.executor = executor
+        self.owner = owner
+        self.active: dict[str, CancelToken] = {}
+        self._lock = threading.Lock()
+        m = settings.media
+        self.policy = FetchPolicy(allow_private=settings.private_urls_allowed(),
+                                  max_bytes=m.max_bytes, timeout=m.fetch_timeout_seconds,
+                                  max_redirects=m.max_redirects)
+
+    def process(self, run_id: str) -> None:
+        """Run ``run_id`` if this worker wins the claim; otherwise do nothing."""
+        lease = timedelta(seconds=self.settings.worker.lease_seconds)
+        with self.db.write() as s:
+            if not claim(s, run_id, self.owner, lease):
+                return
+        with self.db.read() as s:
+            run = s.get(Run, run_id)
+            assert run is not None
+            version = s.get(AppVersion, run.version_id)
+            assert version is not None
+        token = CancelToken()
+        with self._lock:
+            self.active[run_id] = token
+        try:
+            self._execute(run, version, token)
+        except Exception:
+            logger.exception("run %s: internal error", run_id)
+            with self.db.write() as s:
+                finish(s, run_id, self.owner, run.attempt, RunStatus.FAILED,
+                       error="internal error while running; see the server log")
+        finally:
+            with self._lock:
+                self.active.pop(run_id, None)
+
+    def _execute(self, run: Run, version: AppVersion, token: CancelToken) -> None:
+        workflow = self.workflows.get(version.id, version.workflow)
+        sink = RunSink(self.db, run, self.owner, workflow)
+        w = self.settings.worker
+        request = RunRequest(run.id, run.inputs,
+                             RunMedia(self.files, run.workspace_id, self.policy),
+                             max_pixels=self.settings.media.max_pixels,
+                             node_timeout=w.node_timeout_seconds, token=token)
+        try:
+            values = self.executor.execute(workflow, request, sink)
+        except RunFailed as failed:
+            status = RunStatus.CANCELED if failed.canceled else RunStatus.FAILED
+            sink.close_pending(NodeStatus.CANCELED)
+            with self.db.write() as s:
+                ok = finish(s, run.id, self.owner, run.attempt, status, error=failed.error,
+                            error_node=failed.node_id, nodes=sink.states)
+            logger.info("run %s %s: %s", run.id, status, failed.error)
+        else:
+            outputs = self._store_outputs(run, workflow, values)
+            with self.db.write() as s:
+                ok = finish(s, run.id, self.owner, run.attempt, RunStatus.COMPLETED,
+                            outputs=outputs, nodes=sink.states)
+            logger.info("run %s completed", run.id)
+        if not ok:
+            logger.warning("run %s: lease lost before finishing; result dropped", run.id)
+
+    def _store_outputs(self, run: Run, workflow: Workflow,
+                       values: dict[str, object]) -> list[dict[str, Any]]:
+        outputs: list[dict[str, Any]] = []
+        for out in workflow.outputs:
+            value = values.get(out.node_id)
+            if isinstance(value, Artifact):
+                asset = self.files.store(run.workspace_id, value.data, filename=value.filename,
+                                         kind="output", content_type=value.content_type,
+                                         run_id=run.id)
+                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
+                                "assetId": asset.id, "filename": asset.filename,
+                                "contentType": asset.content_type, "size": asset.size})
+            else:
+                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
+                                "value": value})
+        return outputs
+
+    def renew_leases(self) -> None:
+        """Extend the lease of every run in flight; cancel those whose lease was lost."""
+        with self._lock:
+            active = dict(self.active)
+        if not active:
+            return
+        expires = utcnow() + timedelta(seconds=self.settings.worker.lease_seconds)
+        for run_id, token in active.items():
+            with self.db.write() as s:
+                run = s.get(Run, run_id)
+                attempt = run.attempt if run else -1
+                if not fenced_update(s, run_id, self.owner, attempt, lease_expires_at=expires):
+                    token.cancel("this worker lost the run's lease")
