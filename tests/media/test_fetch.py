@@ -25,7 +25,7 @@ import pytest
 
 from flowy.errors import MediaError, NodeError
 from flowy.media import fetch
-from flowy.media.fetch import FetchPolicy, Fetched, fetch_url, is_public_address, read_data_uri
+from flowy.media.fetch import Fetched, FetchPolicy, fetch_url, is_public_address, read_data_uri
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -47,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if "Content-Length" not in (headers or {}) and body is not None:
+        if "Content-Length" not in (headers or {}):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -149,9 +149,7 @@ def base(server: _Server) -> str:
     return f"http://{server.origin}"
 
 
-def _fake_resolver(
-    monkeypatch: pytest.MonkeyPatch, table: dict[str, list[str]]
-) -> list[str]:
+def _fake_resolver(monkeypatch: pytest.MonkeyPatch, table: dict[str, list[str]]) -> list[str]:
     """Make ``resolve_host`` answer from ``table``; returns the names it was asked."""
     asked: list[str] = []
 
@@ -250,6 +248,14 @@ def test_refusal_names_the_address_and_the_setting(no_connections: None) -> None
 def test_loopback_refused_by_default(server: _Server, base: str) -> None:
     with pytest.raises(MediaError, match=r"address 127\.0\.0\.1 is loopback.*FLOWY_ALLOW_PRIVATE"):
         fetch_url(f"{base}/image.png", FetchPolicy())
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.1", "017700000001"])
+def test_obfuscated_loopback_forms_refused(no_connections: None, host: str) -> None:
+    # Not IP literals to ipaddress, but the C resolver reads them as 127.0.0.1: the
+    # guard checks what the resolver answers, so they are refused all the same.
+    with pytest.raises(MediaError, match=r"address 127\.0\.0\.1 is loopback"):
+        fetch_url(f"http://{host}/", FetchPolicy())
 
 
 def test_metadata_refused_even_when_private_allowed(no_connections: None) -> None:
@@ -436,9 +442,7 @@ def test_name_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "failed to fetch https://nowhere.test/a.png: name does not resolve" in str(info.value)
 
 
-def test_secrets_never_reach_messages_or_logs(
-    base: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_secrets_never_reach_messages_or_logs(base: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="flowy.media.fetch")
     got = fetch_url(base.replace("://", "://user:hunter2@") + "/echo-auth?token=s3cret", LOCAL)
     # Userinfo is used as basic auth on its own host...
@@ -538,10 +542,13 @@ def test_data_uri_base64() -> None:
 
 def test_data_uri_base64_unpadded_and_percent_encoded() -> None:
     encoded = base64.b64encode(b"\xfb\xff\xfe?").decode()  # has "+", "/" and "="
-    assert read_data_uri(
-        "data:application/octet-stream;BASE64," + encoded.replace("+", "%2B").rstrip("="),
-        max_bytes=LIMIT,
-    ).data == b"\xfb\xff\xfe?"
+    assert (
+        read_data_uri(
+            "data:application/octet-stream;BASE64," + encoded.replace("+", "%2B").rstrip("="),
+            max_bytes=LIMIT,
+        ).data
+        == b"\xfb\xff\xfe?"
+    )
 
 
 def test_data_uri_percent_encoded() -> None:

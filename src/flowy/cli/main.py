@@ -20,7 +20,10 @@ keys_app = typer.Typer(help="Manage API keys (works on the local data directory)
                        no_args_is_help=True)
 apps_app = typer.Typer(help="Create and list apps (talks to FLOWY_API with FLOWY_KEY).",
                        no_args_is_help=True)
+workspaces_app = typer.Typer(help="Manage workspaces (works on the local data directory).",
+                             no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(workspaces_app, name="workspaces")
 app.add_typer(apps_app, name="apps")
 
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (FLOWY_DATA_DIR).")]
@@ -139,6 +142,30 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     except NotFound as exc:
         _fail(exc.message)
     typer.echo(f"revoked key {info.id} ({info.name})")
+
+
+@workspaces_app.command("create")
+def workspaces_create(name: str, data_dir: DataDir = None) -> None:
+    """Make a workspace with its own API key; nothing is shared between workspaces."""
+    from flowy.services.keys import create_key, create_workspace
+
+    db = _db(data_dir)
+    ws = create_workspace(db, name)
+    info, key = create_key(db, ws, "default")
+    typer.echo(f"created workspace {ws} ({name}) and key {info.id}; the key is shown once:")
+    typer.echo(f"export FLOWY_KEY={key}")
+
+
+@workspaces_app.command("list")
+def workspaces_list(data_dir: DataDir = None) -> None:
+    """List workspaces."""
+    from sqlalchemy import select
+
+    from flowy.db.models import Workspace
+
+    with _db(data_dir).read() as s:
+        for w in s.scalars(select(Workspace).order_by(Workspace.created_at)):
+            typer.echo(f"{w.id}  {w.name}")
 
 
 def _client() -> httpx.Client:
