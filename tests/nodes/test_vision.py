@@ -47,7 +47,11 @@ def test_detects_the_astronauts_face(astronaut: Image.Image) -> None:
     assert 60 <= box.height <= 160
     assert box.score > 0.5
     assert box.to_dict() == {
-        "x": box.x, "y": box.y, "width": box.width, "height": box.height, "score": box.score
+        "x": box.x,
+        "y": box.y,
+        "width": box.width,
+        "height": box.height,
+        "score": box.score,
     }
 
 
@@ -137,7 +141,7 @@ def test_person_mask_covers_the_astronaut(astronaut: Image.Image, face: FaceBox)
     mask = person_mask(astronaut)
     assert mask.shape == (512, 512)
     assert mask.dtype == np.float32
-    assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
+    assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
     face_region = mask[face.y : face.y + face.height, face.x : face.x + face.width]
     assert face_region.mean() > 0.8
     assert mask[:60, 440:].mean() < 0.2  # top-right corner: background

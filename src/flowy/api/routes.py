@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
 from fastapi.responses import FileResponse, Response
 
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep

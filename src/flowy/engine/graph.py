@@ -103,7 +103,8 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
     except ValidationError as exc:
         raise GraphInvalid(
             [
-                Issue("invalid_workflow", e["msg"], field=f"workflow.{_loc(e)}")
+                Issue("invalid_workflow", e["msg"],
+                      field=f"workflow.{_loc(e)}" if e["loc"] else "workflow")
                 for e in exc.errors()
             ]
         ) from None
@@ -130,7 +131,8 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
         except ValidationError as exc:
             for e in exc.errors():
                 issues.append(
-                    Issue("invalid_param", f"param {_loc(e)}: {e['msg']}", node=nd.id)
+                    Issue("invalid_param", f"param {_loc(e)}: {e['msg']}" if e["loc"]
+                          else f"params: {e['msg']}", node=nd.id)
                 )
             continue
         bound[nd.id] = BoundNode(nd.id, nt, nd.label or _default_label(nt, params), params,

@@ -148,7 +148,7 @@ _BACKDROP_COLORS: Final[dict[str, Color]] = {
 
 
 def _backdrop_effects() -> dict[str, _Effect]:
-    """"<colour> background" / "<colour> backdrop" phrases for every backdrop colour."""
+    """The phrases "<colour> background" and "<colour> backdrop" for every colour."""
     effects: dict[str, _Effect] = {}
     for name, color in _BACKDROP_COLORS.items():
         effect = _Effect(backdrop=color)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from flowy.errors import NodeError
@@ -35,11 +36,13 @@ _MAX_MODEL_SIDE: Final = 1024
 # Edge refinement runs at up to this size: at camera resolution it would cost seconds
 # for sub-pixel gains; the refined mask is scaled up smoothly instead.
 _MAX_REFINE_SIDE: Final = 2048
+# Refined mask values up to this are treated as background (see _refine_edges).
+_MASK_CHOKE: Final = 0.15
 
 # Framing of the head-and-shoulders crop, as fractions of the frame height.  MediaPipe's
 # face box runs from the forehead to the chin (eyes ≈ 37 % down the box), so with the
-# box top at 20 % and the box 36 % tall the eyes sit on the upper-third line, the crown
-# has headroom above it and the lower ~45 % of the frame is neck and shoulders.
+# box top at 24 % and the box 35 % tall the eyes sit near the upper-third line (37 %),
+# hair keeps ~10 % headroom above it and the lower ~40 % is neck and shoulders.
 _FACE_HEIGHT_FRACTION: Final = 0.35
 _FACE_TOP_FRACTION: Final = 0.24
 # When the ideal frame reaches outside the photo, zoom in (up to the face filling this
@@ -53,6 +56,10 @@ _BACKDROP_EDGE_GAIN: Final = 0.80
 _BACKDROP_SEED: Final = 0x5EED
 
 _local = threading.local()
+_MAX_DETECTORS_PER_THREAD: Final = 4
+
+FloatArray = NDArray[np.float32]
+BoolArray = NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -86,19 +93,25 @@ def _face_detector(min_score: float) -> Any:
     """This thread's MediaPipe full-range face detector for ``min_score``.
 
     The score threshold is baked into the graph (it also feeds non-max suppression), so
-    detectors are cached per threshold rather than filtering one detector's output.
+    detectors are cached per threshold rather than filtering one detector's output.  The
+    threshold is rounded to 0.01 and only a few are kept per thread, so arbitrary
+    user-supplied thresholds cannot pile up graphs.
     """
+    key = round(min_score, 2)
     detectors: dict[float, Any] | None = getattr(_local, "face_detectors", None)
     if detectors is None:
         detectors = _local.face_detectors = {}
-    if min_score not in detectors:
+    if key not in detectors:
         from mediapipe.python.solutions import face_detection
 
-        logger.debug("building face detector (min_score=%s) for this thread", min_score)
-        detectors[min_score] = face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_score
+        if len(detectors) >= _MAX_DETECTORS_PER_THREAD:
+            oldest = next(iter(detectors))
+            detectors.pop(oldest).close()
+        logger.debug("building face detector (min_score=%s) for this thread", key)
+        detectors[key] = face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=key
         )
-    return detectors[min_score]
+    return detectors[key]
 
 
 def _segmenter() -> Any:
@@ -122,7 +135,7 @@ def _shrink(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def _model_input(image: Image.Image) -> np.ndarray:
+def _model_input(image: Image.Image) -> NDArray[np.uint8]:
     """``image`` as a contiguous, writable uint8 RGB array, long side ≤ _MAX_MODEL_SIDE."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return np.array(_shrink(rgb, _MAX_MODEL_SIDE), dtype=np.uint8)
@@ -201,21 +214,24 @@ def portrait_crop(
 
 def portrait_crop_with_padding(
     image: Image.Image, face: FaceBox, *, width: int = 768, height: int = 960
-) -> tuple[Image.Image, np.ndarray]:
+) -> tuple[Image.Image, BoolArray]:
     """Head-and-shoulders crop plus a bool ``height``×``width`` mask of padded pixels.
 
-    The face is centred horizontally, its box top at ~20 % of the frame and its height
-    ~36 % of the frame (eyes near the upper-third line, shoulders in view).  If that frame
+    The face is centred horizontally, its box top at 24 % of the frame and its height
+    35 % of the frame (eyes near the upper-third line, shoulders in view).  If that frame
     leaves the photo, the crop first zooms in a little (face up to 50 % of the frame);
     whatever still lies outside is filled by repeating the edge pixels — never by
     stretching — and flagged ``True`` in the mask.  Resampling is Lanczos; ``RGB``,
     ``RGBA``, ``L`` and ``LA`` images keep their mode, others become RGB(A).
 
     Raises:
-        ValueError: when ``width`` or ``height`` is not positive.
+        ValueError: when ``width`` or ``height`` is not positive, or the face box is empty
+            or lies outside the image.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"crop size must be positive, got {width}x{height}")
+    if face.width <= 0 or face.height <= 0:
+        raise ValueError(f"face box must not be empty, got {face.width}x{face.height}")
     image = _resamplable(image)
     left, top, frame_w, frame_h = _portrait_frame(face, image.size, width / height)
     source, (off_x, off_y) = _padded_region(image, left, top, frame_w, frame_h)
@@ -281,7 +297,7 @@ def _padding_mask(
     image_size: tuple[int, int],
     frame: tuple[float, float, float, float],
     out_size: tuple[int, int],
-) -> np.ndarray:
+) -> BoolArray:
     """Bool mask (out_h × out_w): True where an output pixel's centre falls off the image."""
     left, top, frame_w, frame_h = frame
     out_w, out_h = out_size
@@ -289,14 +305,14 @@ def _padding_mask(
     ys = top + (np.arange(out_h) + 0.5) * (frame_h / out_h)
     off_x = (xs < 0) | (xs >= image_size[0])
     off_y = (ys < 0) | (ys >= image_size[1])
-    mask: np.ndarray = off_y[:, None] | off_x[None, :]
+    mask: BoolArray = off_y[:, None] | off_x[None, :]
     return mask
 
 
 # --------------------------------------------------------------------------- background
 
 
-def person_mask(image: Image.Image) -> np.ndarray:
+def person_mask(image: Image.Image) -> FloatArray:
     """Soft person mask: float32 H×W in [0, 1] at the size of ``image`` (1 = person).
 
     The segmenter's mask is coarse (256 px model); its edge is then snapped to the
@@ -311,17 +327,21 @@ def person_mask(image: Image.Image) -> np.ndarray:
         result = _segmenter().process(pixels)
     except RuntimeError as exc:
         raise NodeError(f"person segmentation failed: {exc}") from exc
-    mask = np.asarray(result.segmentation_mask, dtype=np.float32)
+    mask: FloatArray = np.asarray(result.segmentation_mask, dtype=np.float32)
     guide_image = _shrink(image.convert("L"), _MAX_REFINE_SIDE)
-    if mask.shape != (guide_image.height, guide_image.width):
-        mask = cv2.resize(mask, guide_image.size, interpolation=cv2.INTER_LINEAR)
+    mask = _resize_mask(mask, guide_image.size)
     refined = _refine_edges(mask, np.asarray(guide_image, dtype=np.float32) / 255.0)
-    if guide_image.size != image.size:
-        refined = cv2.resize(refined, image.size, interpolation=cv2.INTER_LINEAR)
-    return refined
+    return _resize_mask(refined, image.size)
 
 
-def _refine_edges(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
+def _resize_mask(mask: FloatArray, size: tuple[int, int]) -> FloatArray:
+    """``mask`` bilinearly resized to ``size`` = (width, height), if not already."""
+    if mask.shape == (size[1], size[0]):
+        return mask
+    return np.asarray(cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+
+
+def _refine_edges(mask: FloatArray, guide: FloatArray) -> FloatArray:
     """Guided filter (He et al., grey guide) of ``mask`` by ``guide``, clipped to [0, 1].
 
     Written with box filters because cv2.ximgproc.guidedFilter only exists in
@@ -331,10 +351,10 @@ def _refine_edges(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
     radius = max(2, round(0.008 * max(mask.shape)))
     eps = 1e-3
 
-    def box(values: np.ndarray) -> np.ndarray:
+    def box(values: FloatArray) -> FloatArray:
         size = (2 * radius + 1, 2 * radius + 1)
-        smoothed: np.ndarray = cv2.boxFilter(values, -1, size, borderType=cv2.BORDER_REFLECT)
-        return smoothed
+        smoothed = cv2.boxFilter(values, -1, size, borderType=cv2.BORDER_REFLECT)
+        return np.asarray(smoothed, dtype=np.float32)
 
     mean_g, mean_m = box(guide), box(mask)
     covariance = box(guide * mask) - mean_g * mean_m
@@ -342,7 +362,10 @@ def _refine_edges(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
     slope = covariance / (variance + eps)
     offset = mean_m - slope * mean_g
     refined = box(slope) * guide + box(offset)
-    clipped: np.ndarray = np.clip(refined, 0.0, 1.0).astype(np.float32, copy=False)
+    # The coarse mask reaches a little past the true silhouette, and the filter carries
+    # that bias into a faint glow outside it; pulling the low end to 0 removes both.
+    choked = (refined - _MASK_CHOKE) / (0.95 - _MASK_CHOKE)
+    clipped: FloatArray = np.clip(choked, 0.0, 1.0).astype(np.float32, copy=False)
     return clipped
 
 
@@ -371,7 +394,7 @@ def studio_backdrop(size: tuple[int, int], color: tuple[int, int, int]) -> Image
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
-def _backdrop_gain(width: int, height: int) -> np.ndarray:
+def _backdrop_gain(width: int, height: int) -> FloatArray:
     """Per-pixel brightness multiplier: bright spot behind the head, smooth falloff."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     # An ellipse matched to the frame, centred a bit above the middle (behind the head).
@@ -379,12 +402,14 @@ def _backdrop_gain(width: int, height: int) -> np.ndarray:
     dy = (ys - 0.38 * height) / (0.80 * height)
     radius = np.clip(np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
     falloff = radius * radius * (3.0 - 2.0 * radius)  # smoothstep: no visible ring
-    gain: np.ndarray = _BACKDROP_CENTER_GAIN + (_BACKDROP_EDGE_GAIN - _BACKDROP_CENTER_GAIN) * falloff
+    gain: FloatArray = (
+        _BACKDROP_CENTER_GAIN + (_BACKDROP_EDGE_GAIN - _BACKDROP_CENTER_GAIN) * falloff
+    )
     return gain
 
 
 def replace_background(
-    image: Image.Image, mask: np.ndarray, backdrop: Image.Image
+    image: Image.Image, mask: NDArray[np.floating[Any]], backdrop: Image.Image
 ) -> Image.Image:
     """Composite the person in ``image`` over ``backdrop`` using ``mask`` as alpha; RGB.
 
@@ -397,7 +422,9 @@ def replace_background(
         ValueError: when ``mask`` is not H×W for ``image``.
     """
     if mask.shape != (image.height, image.width):
-        raise ValueError(f"mask shape {mask.shape} does not match image {image.width}x{image.height}")
+        raise ValueError(
+            f"mask shape {mask.shape} does not match image {image.width}x{image.height}"
+        )
     alpha = np.clip(mask.astype(np.float32, copy=False), 0.0, 1.0)
     if "A" in image.getbands():
         alpha = alpha * (np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0)
@@ -411,21 +438,25 @@ def replace_background(
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
-def _decontaminate(fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def _decontaminate(fg: FloatArray, alpha: FloatArray) -> FloatArray:
     """Replace old-background colour bleeding into the mask edge with nearby person colour.
 
-    Edge pixels are a mix of person and old background; compositing them as they are
-    leaves a thin ring of the old background (a light halo around hair, typically).  The
-    person colour near each pixel is estimated by a normalised convolution over solid
-    person pixels, and faded in where the mask is below ~1.
+    The mask edge is never exact, so pixels along it (even some the mask calls solid)
+    are partly old background; composited as they are they draw a thin ring of it (a
+    light halo around hair, typically).  In a narrow band along the edge, each pixel's
+    colour is faded toward the average colour of the person pixels well inside nearby
+    (a normalised convolution).
     """
+    # How far inside the silhouette a pixel is: 1 well inside, falling off over the band.
+    band = max(1.0, 0.003 * max(alpha.shape))
+    inner = cv2.GaussianBlur(alpha, (0, 0), band)
+    t = np.clip((inner - 0.75) / 0.24, 0.0, 1.0)
+    trust = t * t * (3.0 - 2.0 * t)
+    # Average colour of trusted pixels nearby, over a wider neighbourhood.
     sigma = max(2.0, 0.01 * max(alpha.shape))
-    weight = alpha * alpha  # favour solidly-person pixels as colour sources
-    weighted = cv2.GaussianBlur(fg * weight[:, :, None], (0, 0), sigma)
-    total = cv2.GaussianBlur(weight, (0, 0), sigma)
-    nearby = weighted / np.maximum(total, 1e-4)[:, :, None]
-    # Trust the pixel itself fully above alpha 0.95, not at all below 0.5.
-    t = np.clip((alpha - 0.5) / 0.45, 0.0, 1.0)
-    trust = (t * t * (3.0 - 2.0 * t))[:, :, None]
-    cleaned: np.ndarray = fg * trust + nearby * (1.0 - trust)
+    weighted = cv2.GaussianBlur(fg * trust[:, :, None], (0, 0), sigma)
+    total = cv2.GaussianBlur(trust, (0, 0), sigma)[:, :, None]
+    # Where no trusted pixel is near (a sliver of mask), keep the pixel's own colour.
+    nearby = np.where(total > 1e-3, weighted / np.maximum(total, 1e-3), fg)
+    cleaned: FloatArray = fg * trust[:, :, None] + nearby * (1.0 - trust[:, :, None])
     return cleaned

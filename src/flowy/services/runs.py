@@ -53,10 +53,15 @@ class RunService:
         if "inputs" not in body:
             issues.append(Issue("required", "'inputs' is required: an object of nodeId -> "
                                 "value", field="inputs"))
+        inputs: dict[str, object] = {}
+        if "inputs" in body:
+            try:
+                inputs = check_run_inputs(detail.workflow, body["inputs"],
+                                          lambda url: self.files.check_link(url, workspace_id))
+            except ValidationFailed as exc:
+                issues.extend(exc.issues)
         if issues:
             raise ValidationFailed(issues)
-        inputs = check_run_inputs(detail.workflow, body["inputs"],
-                                  lambda url: self.files.check_link(url, workspace_id))
         run = Run(workspace_id=workspace_id, app_id=detail.app.id, version_id=detail.version.id,
                   status=RunStatus.QUEUED, inputs=inputs, outputs=[],
                   nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order})
