@@ -56,6 +56,9 @@ class FlowyProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc.wait()
+                time.sleep(0.2)  # let the reader drain the last lines
+                self._close()
                 raise RuntimeError("flowy serve exited:\n" + "".join(self.output))
             try:
                 if requests.get(f"{self.api}/health", timeout=1).status_code == 200:
@@ -64,6 +67,7 @@ class FlowyProcess:
                 pass
             time.sleep(0.1)
         else:
+            self.kill()
             raise RuntimeError("flowy serve did not answer:\n" + "".join(self.output))
         for line in self.output:
             m = re.match(r"export FLOWY_KEY=(\S+)", line)

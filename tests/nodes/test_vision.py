@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -179,8 +180,9 @@ def test_replace_background_puts_backdrop_in_the_corners(
     expected = np.asarray(backdrop, dtype=np.float32)
     for rows, cols in [(slice(0, 40), slice(0, 40)), (slice(0, 40), slice(-40, None))]:
         assert np.abs(out[rows, cols] - expected[rows, cols]).mean() < 8
-    # Where the mask is solidly person, the photo is untouched.
-    solid = mask > 0.99
+    # Well inside the silhouette the photo is untouched (only a thin edge band is
+    # recoloured to hide the old background).
+    solid = cv2.erode((mask > 0.99).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     assert solid.mean() > 0.3
     original = np.asarray(crop, dtype=np.float32)
     assert np.abs(out[solid] - original[solid]).max() <= 3
