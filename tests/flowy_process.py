@@ -110,6 +110,12 @@ class FlowyProcess:
     def post(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
         return requests.post(self.api + path, headers=self.headers(key), timeout=30, **kw)
 
+    def patch(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
+        return requests.patch(self.api + path, headers=self.headers(key), timeout=30, **kw)
+
+    def delete(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
+        return requests.delete(self.api + path, headers=self.headers(key), timeout=30, **kw)
+
     def wait_run(self, run_id: str, key: str | None = None, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

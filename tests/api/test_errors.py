@@ -81,6 +81,9 @@ def test_another_workspaces_objects_are_404(flowy: FlowyProcess, other_key: str,
     # So is an uploaded file: its link is no input for the other workspace's runs.
     up = flowy.post("/uploads", files={"file": ("me.png", portrait_png, "image/png")})
     link = up.json()["data"]["url"]
+    assert_error(flowy.get(f"/uploads/{up.json()['data']['id']}", other_key), 404, "not_found")
+    assert flowy.get(f"/uploads/{up.json()['data']['id']}").json()["data"]["size"] == \
+        len(portrait_png)
     other_app = _make_app(flowy, other_key)
     res = flowy.post(f"/apps/{other_app}/runs", other_key, json={"inputs": {"node_1": link}})
     assert_error(res, 422, "validation_error", "inputs.node_1", "does not exist")

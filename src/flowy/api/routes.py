@@ -6,11 +6,12 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.datastructures import UploadFile
 from fastapi.responses import FileResponse, Response
+from starlette.datastructures import UploadFile
 
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
 from flowy.api.views import app_detail, app_summary, iso
+from flowy.db.models import Asset
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
 
 router = APIRouter(prefix="/v1")
@@ -122,11 +123,20 @@ async def upload(request: Request, p: PlatformDep, ws: WorkspaceDep) -> Data:
         raise PayloadTooLarge(f"file is larger than {limit} bytes")
     if not data:
         raise ValidationFailed([Issue("empty", "the file is empty", field="file")])
-    asset = p.files.store(ws, data, filename=name, kind="upload")
+    return {"data": _upload_view(p, p.files.store(ws, data, filename=name, kind="upload"))}
+
+
+@router.get("/uploads/{upload_id}")
+def get_upload(p: PlatformDep, ws: WorkspaceDep, upload_id: str) -> Data:
+    """An upload of the workspace with a freshly signed link."""
+    return {"data": _upload_view(p, p.files.get(ws, upload_id))}
+
+
+def _upload_view(p: PlatformDep, asset: Asset) -> Data:
     link = p.files.link(asset.id, asset.filename)
-    return {"data": {"id": asset.id, "url": link.url, "expiresAt": iso(link.expires_at),
-                     "contentType": asset.content_type, "size": asset.size,
-                     "filename": asset.filename}}
+    return {"id": asset.id, "url": link.url, "expiresAt": iso(link.expires_at),
+            "contentType": asset.content_type, "size": asset.size, "filename": asset.filename,
+            "createdAt": iso(asset.created_at)}
 
 
 @router.get("/files/{asset_id}/{filename}", include_in_schema=True)

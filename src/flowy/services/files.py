@@ -89,6 +89,13 @@ class FileService:
         except FileNotFoundError:
             raise NotFound("file is no longer stored") from None
 
+    def get(self, workspace_id: str, asset_id: str) -> Asset:
+        """An asset of the workspace; NotFound for an unknown id or another workspace's."""
+        asset = self._asset(asset_id)
+        if asset is None or asset.workspace_id != workspace_id:
+            raise NotFound(f"file {asset_id} not found")
+        return asset
+
     def _asset(self, asset_id: str) -> Asset | None:
         if not is_id(asset_id):
             return None
