@@ -36,6 +36,10 @@ class WorkerSettings(BaseModel):
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a run is failed for good.")
     node_timeout_seconds: float = Field(120.0, gt=0, description="Default per-node timeout.")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On shutdown, how long runs in flight may finish before "
+        "they are handed back to the queue for the next start."
+    )
 
 
 class MediaSettings(BaseModel):

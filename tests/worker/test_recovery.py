@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def test_killed_server_finishes_every_run_after_restart(tmp_path: Path) -> None:
 
 
 def test_graceful_stop_hands_runs_back(tmp_path: Path) -> None:
-    server = FlowyProcess(tmp_path, env={"FLOWY_WORKER__CONCURRENCY": "1"}).start()
+    server = FlowyProcess(tmp_path, env={"FLOWY_WORKER__CONCURRENCY": "1",
+                                         "FLOWY_WORKER__SHUTDOWN_GRACE_SECONDS": "0.2"}).start()
     key = server.key
     try:
         app = server.post("/apps", json={"title": "Slow echo", "workflow": SLOW,
@@ -68,6 +70,10 @@ def test_graceful_stop_hands_runs_back(tmp_path: Path) -> None:
         _wait_status(server, run_id, "running")
     finally:
         server.stop()  # SIGTERM while the run is in flight
+    with sqlite3.connect(tmp_path / "flowy.db") as db:
+        status, owner = db.execute("SELECT status, lease_owner FROM runs WHERE id = ?",
+                                   (run_id,)).fetchone()
+    assert (status, owner) == ("queued", None)  # handed back, not left "running"
     again = FlowyProcess(tmp_path, port=server.port).start()
     again.key = key
     try:

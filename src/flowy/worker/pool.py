@@ -11,6 +11,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -110,14 +111,15 @@ class LocalWorkerPool:
                     logger.exception("background task %s failed", getattr(fn, "__name__", fn))
         return loop
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking runs; give runs in flight ``timeout`` seconds, then hand them back
-        to the queue (status ``queued``) for the next start."""
+    def stop(self) -> None:
+        """Stop taking runs; give runs in flight the shutdown grace period, then hand them
+        back to the queue (status ``queued``) for the next start."""
         self._stop.set()
         for _ in range(self.settings.worker.concurrency):
             self._queue.put(None)
+        deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         for t in self._threads:
-            t.join(timeout=timeout if t.name.startswith("flowy-worker") else 1.0)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         with self.db.write() as s:
             s.execute(update(Run)
                       .where(Run.status == RunStatus.RUNNING, Run.lease_owner == self.owner)
