@@ -198,16 +198,17 @@ def test_independent_branches_run_concurrently(pool: ThreadPoolExecutor) -> None
 
 
 def test_concurrency_one_runs_nodes_one_at_a_time(pool: ThreadPoolExecutor) -> None:
-    lock = threading.Lock()
+    cond = threading.Condition()
     active = [0]
     peak = [0]
 
     def busy(ctx: Any, params: P) -> dict[str, object]:
-        with lock:
+        with cond:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
-        with lock:
+            cond.notify_all()
+            # Linger until another node overlaps, or a little while if none can.
+            cond.wait_for(lambda: active[0] > 1, timeout=0.1)
             active[0] -= 1
         return {"value": params.value}
 

@@ -334,7 +334,7 @@ def test_worker_that_lost_its_lease_before_anyone_reclaimed(db: Database,
 
 
 def test_transition_table() -> None:
-    assert TERMINAL == {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}
+    assert {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED} == TERMINAL
     for t in TERMINAL:
         assert ALLOWED[t] == frozenset()
     assert RunStatus.QUEUED in ALLOWED[RunStatus.RUNNING]
