@@ -30,7 +30,8 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory, portrait_png: bytes) -> 
     # A photo without a face: smooth noise-free gradient, nothing face-like in it.
     ramp = np.tile(np.linspace(40, 220, 640, dtype=np.uint8), (480, 1))
     Image.fromarray(np.dstack([ramp, ramp[::-1], np.full_like(ramp, 128)])).save(
-        root / "landscape.png")
+        root / "landscape.png"
+    )
     (root / "notes.txt").write_text("this is not an image\n")
     return root
 
@@ -44,8 +45,9 @@ def media_server(media_dir: Path) -> Iterator[StaticServer]:
 @pytest.fixture(scope="session")
 def flowy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowyProcess]:
     """One Flowy for the session; media URLs on loopback allowed (test servers live there)."""
-    server = FlowyProcess(tmp_path_factory.mktemp("flowy-data"),
-                          env={"FLOWY_ALLOW_PRIVATE_URLS": "1"}).start()
+    server = FlowyProcess(
+        tmp_path_factory.mktemp("flowy-data"), env={"FLOWY_ALLOW_PRIVATE_URLS": "1"}
+    ).start()
     yield server
     server.stop()
 

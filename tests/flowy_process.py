@@ -44,12 +44,19 @@ class FlowyProcess:
         return f"{self.base}/v1"
 
     def start(self, timeout: float = 60.0) -> FlowyProcess:
-        env = {**os.environ, "FLOWY_DATA_DIR": str(self.data_dir),
-               "FLOWY_WORKER__SWEEP_SECONDS": "0.5", **self.env}
+        env = {
+            **os.environ,
+            "FLOWY_DATA_DIR": str(self.data_dir),
+            "FLOWY_WORKER__SWEEP_SECONDS": "0.5",
+            **self.env,
+        }
         self.output = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowy.cli.main", "serve", "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         reader.start()
@@ -127,10 +134,20 @@ class FlowyProcess:
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the ``flowy`` CLI against this server and data directory."""
-        full_env = {**os.environ, "FLOWY_DATA_DIR": str(self.data_dir),
-                    "FLOWY_API": self.api, "FLOWY_KEY": self.key or "", **env}
-        return subprocess.run([sys.executable, "-m", "flowy.cli.main", *args], env=full_env,
-                              capture_output=True, text=True, timeout=120)
+        full_env = {
+            **os.environ,
+            "FLOWY_DATA_DIR": str(self.data_dir),
+            "FLOWY_API": self.api,
+            "FLOWY_KEY": self.key or "",
+            **env,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "flowy.cli.main", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 class StaticServer:

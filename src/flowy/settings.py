@@ -37,8 +37,10 @@ class WorkerSettings(BaseModel):
     max_attempts: int = Field(3, ge=1, description="Attempts before a run is failed for good.")
     node_timeout_seconds: float = Field(120.0, gt=0, description="Default per-node timeout.")
     shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="On shutdown, how long runs in flight may finish before "
-        "they are handed back to the queue for the next start."
+        10.0,
+        ge=0,
+        description="On shutdown, how long runs in flight may finish before "
+        "they are handed back to the queue for the next start.",
     )
 
 
@@ -81,15 +83,13 @@ class Settings(BaseSettings):
         description="Signs file URLs. When unset, a random key is made once and kept in "
         "data_dir/secret.key so URLs survive restarts.",
     )
-    allow_private_urls: bool = Field(
-        False, description="Flat alias of media.allow_private_urls."
-    )
+    allow_private_urls: bool = Field(False, description="Flat alias of media.allow_private_urls.")
     bootstrap: bool = Field(
         True, description="On first start create the default workspace, key and example apps."
     )
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)
-    media: MediaSettings = Field(default_factory=MediaSettings)
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
+    media: MediaSettings = Field(default_factory=lambda: MediaSettings())
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLOWY_LOG_LEVEL"))
 
     @property

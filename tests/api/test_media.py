@@ -21,8 +21,9 @@ from tests.flowy_process import FlowyProcess, StaticServer
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowyProcess]:
     """Flowy as installed: loopback URLs refused; links live 2 s so expiry can be seen."""
-    server = FlowyProcess(tmp_path_factory.mktemp("strict"),
-                          env={"FLOWY_MEDIA__URL_TTL_SECONDS": "2"}).start()
+    server = FlowyProcess(
+        tmp_path_factory.mktemp("strict"), env={"FLOWY_MEDIA__URL_TTL_SECONDS": "2"}
+    ).start()
     yield server
     server.stop()
 
@@ -38,8 +39,9 @@ def _run(server: FlowyProcess, app_id: str, inputs: dict[str, object]) -> dict[s
     return server.wait_run(res.json()["data"]["runId"])
 
 
-def test_private_address_is_refused_by_default(strict: FlowyProcess, app_id: str,
-                                               media_server: StaticServer) -> None:
+def test_private_address_is_refused_by_default(
+    strict: FlowyProcess, app_id: str, media_server: StaticServer
+) -> None:
     run = _run(strict, app_id, {"node_1": media_server.url("me.png")})
     assert run["status"] == "failed"
     error = str(run["error"])
@@ -49,8 +51,9 @@ def test_private_address_is_refused_by_default(strict: FlowyProcess, app_id: str
     assert metadata["status"] == "failed" and "169.254.169.254" in str(metadata["error"])
 
 
-def test_upload_then_run_with_its_url(strict: FlowyProcess, app_id: str,
-                                      portrait_png: bytes) -> None:
+def test_upload_then_run_with_its_url(
+    strict: FlowyProcess, app_id: str, portrait_png: bytes
+) -> None:
     res = strict.post("/uploads", files={"file": ("my photo.png", portrait_png, "text/plain")})
     assert res.status_code == 201, res.text
     up = res.json()["data"]
@@ -76,19 +79,30 @@ def test_data_uri_input(strict: FlowyProcess, app_id: str, portrait_png: bytes) 
 
 
 def test_upload_errors(strict: FlowyProcess) -> None:
-    assert_error(strict.post("/uploads", files={"photo": ("a.png", b"x", "image/png")}), 422,
-                 "validation_error", "file")
-    assert_error(strict.post("/uploads", json={"file": "x"}), 400, "bad_request",
-                 "multipart/form-data")
-    assert_error(strict.post("/uploads", files={"file": ("e.png", b"", "image/png")}), 422,
-                 "validation_error", "empty")
-    res = requests.post(f"{strict.api}/uploads", files={"file": ("a.png", b"x", "image/png")},
-                        timeout=10)
+    assert_error(
+        strict.post("/uploads", files={"photo": ("a.png", b"x", "image/png")}),
+        422,
+        "validation_error",
+        "file",
+    )
+    assert_error(
+        strict.post("/uploads", json={"file": "x"}), 400, "bad_request", "multipart/form-data"
+    )
+    assert_error(
+        strict.post("/uploads", files={"file": ("e.png", b"", "image/png")}),
+        422,
+        "validation_error",
+        "empty",
+    )
+    res = requests.post(
+        f"{strict.api}/uploads", files={"file": ("a.png", b"x", "image/png")}, timeout=10
+    )
     assert_error(res, 401, "unauthorized")
 
 
-def test_output_links_are_signed_and_expire(strict: FlowyProcess, app_id: str,
-                                            portrait_png: bytes) -> None:
+def test_output_links_are_signed_and_expire(
+    strict: FlowyProcess, app_id: str, portrait_png: bytes
+) -> None:
     uri = "data:image/png;base64," + base64.b64encode(portrait_png).decode()
     run = _run(strict, app_id, {"node_1": uri})
     url = str(run["outputs"][0]["url"])  # type: ignore[index]
@@ -120,8 +134,9 @@ def test_output_links_are_signed_and_expire(strict: FlowyProcess, app_id: str,
     assert requests.get(again["url"], timeout=10).content == ok.content
 
 
-def test_expired_upload_link_is_refused_at_run_creation(strict: FlowyProcess, app_id: str,
-                                                        portrait_png: bytes) -> None:
+def test_expired_upload_link_is_refused_at_run_creation(
+    strict: FlowyProcess, app_id: str, portrait_png: bytes
+) -> None:
     up = strict.post("/uploads", files={"file": ("me.png", portrait_png, "image/png")})
     link = up.json()["data"]["url"]
     time.sleep(3.1)

@@ -105,14 +105,25 @@ def wait_for_run(run_id):
 
 
 def _fill(snippet: str, app_id: str, photo_url: str, run_id: str = "RUN_ID") -> str:
-    return (snippet.replace("APP_ID", app_id).replace("RUN_ID", run_id)
-            .replace("https://example.com/me.jpg", photo_url))
+    return (
+        snippet.replace("APP_ID", app_id)
+        .replace("RUN_ID", run_id)
+        .replace("https://example.com/me.jpg", photo_url)
+    )
 
 
 def _sh(cmd: str, flowy: FlowyProcess) -> Any:
-    res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin:/usr/local/bin", "FLOWY_API": flowy.api,
-                              "FLOWY_KEY": flowy.key or ""})
+    res = subprocess.run(
+        ["bash", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+            "FLOWY_API": flowy.api,
+            "FLOWY_KEY": flowy.key or "",
+        },
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -146,8 +157,7 @@ def test_curl_examples(flowy: FlowyProcess, headshot_app: str, media_server: Sta
 
     app = _sh(_fill(CURL_APP, headshot_app, photo), flowy)["data"]
     assert app["id"] == headshot_app and app["title"] == "Headshot generator"
-    assert [{k: i[k] for k in ("nodeId", "label", "kind", "required")}
-            for i in app["inputs"]] == [
+    assert [{k: i[k] for k in ("nodeId", "label", "kind", "required")} for i in app["inputs"]] == [
         {"nodeId": "node_1", "label": "Your photo", "kind": "image_url", "required": True},
         {"nodeId": "node_2", "label": "Style", "kind": "text", "required": False},
     ]
@@ -171,18 +181,26 @@ def test_curl_examples(flowy: FlowyProcess, headshot_app: str, media_server: Sta
     assert_headshot(requests.get(out["url"], timeout=30).content)
 
 
-def test_javascript_examples(flowy: FlowyProcess, headshot_app: str,
-                             media_server: StaticServer, tmp_path: Path) -> None:
+def test_javascript_examples(
+    flowy: FlowyProcess, headshot_app: str, media_server: StaticServer, tmp_path: Path
+) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is needed to run the documentation's JavaScript examples")
     script = tmp_path / "seed.mjs"
     script.write_text(
         "const BASE = process.env.FLOWY_API;\nconst KEY = process.env.FLOWY_KEY;\n"
-        "const out = {};\n" + _fill(JS_EXAMPLES, headshot_app, media_server.url("me.png"))
-        + "\nconsole.log(JSON.stringify(out));\n")
-    res = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=120,
-                         env={"FLOWY_API": flowy.api, "FLOWY_KEY": flowy.key or ""})
+        "const out = {};\n"
+        + _fill(JS_EXAMPLES, headshot_app, media_server.url("me.png"))
+        + "\nconsole.log(JSON.stringify(out));\n"
+    )
+    res = subprocess.run(
+        [node, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"FLOWY_API": flowy.api, "FLOWY_KEY": flowy.key or ""},
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert any(a["id"] == headshot_app for a in out["apps"])
@@ -192,8 +210,9 @@ def test_javascript_examples(flowy: FlowyProcess, headshot_app: str,
     assert_headshot(requests.get(output["url"], timeout=30).content)
 
 
-def test_python_examples(flowy: FlowyProcess, headshot_app: str,
-                         media_server: StaticServer) -> None:
+def test_python_examples(
+    flowy: FlowyProcess, headshot_app: str, media_server: StaticServer
+) -> None:
     photo = media_server.url("me.png")
     scope: dict[str, Any] = {"requests": requests, "BASE": flowy.api, "KEY": flowy.key}
     for snippet in (PY_LIST, PY_APP, PY_RUN, PY_WAIT):
@@ -206,12 +225,14 @@ def test_python_examples(flowy: FlowyProcess, headshot_app: str,
     assert_headshot(requests.get(out["url"], timeout=30).content)
 
 
-def test_failed_run_raises_in_wait_for_run(flowy: FlowyProcess, headshot_app: str,
-                                           media_server: StaticServer) -> None:
+def test_failed_run_raises_in_wait_for_run(
+    flowy: FlowyProcess, headshot_app: str, media_server: StaticServer
+) -> None:
     """The documented loop raises with the run's error: a photo without a face."""
     scope: dict[str, Any] = {"requests": requests, "BASE": flowy.api, "KEY": flowy.key}
     for snippet in (PY_RUN, PY_WAIT):
-        exec(textwrap.dedent(_fill(snippet, headshot_app, media_server.url("landscape.png"))),
-             scope)
+        exec(
+            textwrap.dedent(_fill(snippet, headshot_app, media_server.url("landscape.png"))), scope
+        )
     with pytest.raises(RuntimeError, match=r"node_3 \(Crop to face\): no face found"):
         scope["wait_for_run"](scope["run_id"])

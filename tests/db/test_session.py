@@ -237,11 +237,19 @@ def test_migration_is_idempotent(url: str) -> None:
         upgrade(url)
         with db.read() as s:
             assert [w.name for w in s.scalars(select(Workspace))] == ["keep me"]
-            assert s.execute(text("SELECT version_num FROM alembic_version")).scalars().all() \
-                == ["0001"]
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+                "0001"
+            ]
         tables = set(inspect(db.read_engine).get_table_names())
-        assert {"workspaces", "api_keys", "apps", "app_versions", "runs", "assets",
-                "alembic_version"} <= tables
+        assert {
+            "workspaces",
+            "api_keys",
+            "apps",
+            "app_versions",
+            "runs",
+            "assets",
+            "alembic_version",
+        } <= tables
     finally:
         db.dispose()
 

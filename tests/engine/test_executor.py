@@ -46,12 +46,26 @@ def request(inputs: dict[str, object] | None = None, **kw: Any) -> RunRequest:
 Fn = Callable[..., dict[str, object]]
 
 
-def ntype(name: str, fn: Fn, *, ins: tuple[str, ...] = (), outs: tuple[str, ...] = ("value",),
-          output_kind: str | None = None, timeout_seconds: float | None = None,
-          title: str | None = None) -> NodeType:
-    return node(name, title=title or name.title(), category="test", params=P,
-                inputs={i: Port("any") for i in ins}, outputs={o: Port("any") for o in outs},
-                output_kind=output_kind, timeout_seconds=timeout_seconds)(fn)
+def ntype(
+    name: str,
+    fn: Fn,
+    *,
+    ins: tuple[str, ...] = (),
+    outs: tuple[str, ...] = ("value",),
+    output_kind: str | None = None,
+    timeout_seconds: float | None = None,
+    title: str | None = None,
+) -> NodeType:
+    return node(
+        name,
+        title=title or name.title(),
+        category="test",
+        params=P,
+        inputs={i: Port("any") for i in ins},
+        outputs={o: Port("any") for o in outs},
+        output_kind=output_kind,
+        timeout_seconds=timeout_seconds,
+    )(fn)
 
 
 def _out(ctx: Any, params: P, value: object) -> dict[str, object]:
@@ -65,12 +79,17 @@ def build(types: list[NodeType], nodes: list[dict[str, Any]]) -> Workflow:
     return parse_workflow({"nodes": nodes}, NodeRegistry([*types, OUT]))
 
 
-def nd(nid: str, type_: str, *, label: str | None = None, param: object = None,
-       **wires: str) -> dict[str, Any]:
+def nd(
+    nid: str, type_: str, *, label: str | None = None, param: object = None, **wires: str
+) -> dict[str, Any]:
     d: dict[str, Any] = {
-        "id": nid, "type": type_, "params": {"value": param},
-        "inputs": {port: {"node": src.split(".")[0], "port": src.split(".")[1]}
-                   for port, src in wires.items()},
+        "id": nid,
+        "type": type_,
+        "params": {"value": param},
+        "inputs": {
+            port: {"node": src.split(".")[0], "port": src.split(".")[1]}
+            for port, src in wires.items()
+        },
     }
     if label:
         d["label"] = label
@@ -135,13 +154,16 @@ INPUT = ntype("input", _input)
 
 
 def test_results_come_from_output_nodes(pool: ThreadPoolExecutor) -> None:
-    wf = build([CONST, ADD, INPUT], [
-        nd("c1", "const", param=40),
-        nd("in", "input"),
-        nd("sum", "add", a="c1.value", b="in.value"),
-        nd("o1", "out", value="sum.value"),
-        nd("o2", "out", value="c1.value"),
-    ])
+    wf = build(
+        [CONST, ADD, INPUT],
+        [
+            nd("c1", "const", param=40),
+            nd("in", "input"),
+            nd("sum", "add", a="c1.value", b="in.value"),
+            nd("o1", "out", value="sum.value"),
+            nd("o2", "out", value="c1.value"),
+        ],
+    )
     sink = Recorder()
     result = WorkflowExecutor(pool).execute(wf, request({"in": 2}), sink)
     assert result == {"o1": 42, "o2": 40}
@@ -156,10 +178,15 @@ def test_nodes_get_their_input_value_and_params(pool: ThreadPoolExecutor) -> Non
         seen[ctx.node_id] = (ctx.run_id, ctx.input_value, params.value, ctx.max_pixels)
         return {"value": None}
 
-    wf = build([ntype("probe", probe)], [
-        nd("a", "probe", param="pa"), nd("b", "probe", param="pb"),
-        nd("o", "out", value="a.value"), nd("o2", "out", value="b.value"),
-    ])
+    wf = build(
+        [ntype("probe", probe)],
+        [
+            nd("a", "probe", param="pa"),
+            nd("b", "probe", param="pb"),
+            nd("o", "out", value="a.value"),
+            nd("o2", "out", value="b.value"),
+        ],
+    )
     WorkflowExecutor(pool).execute(wf, request({"a": "A"}, max_pixels=1234))
     assert seen == {"a": ("run_1", "A", "pa", 1234), "b": ("run_1", None, "pb", 1234)}
 
@@ -188,10 +215,15 @@ def _barrier_types(barrier: threading.Barrier) -> list[NodeType]:
 
 def test_independent_branches_run_concurrently(pool: ThreadPoolExecutor) -> None:
     barrier = threading.Barrier(2)
-    wf = build(_barrier_types(barrier), [
-        nd("w1", "waiter", param=1), nd("w2", "waiter", param=2),
-        nd("sum", "add", a="w1.value", b="w2.value"), nd("o", "out", value="sum.value"),
-    ])
+    wf = build(
+        _barrier_types(barrier),
+        [
+            nd("w1", "waiter", param=1),
+            nd("w2", "waiter", param=2),
+            nd("sum", "add", a="w1.value", b="w2.value"),
+            nd("o", "out", value="sum.value"),
+        ],
+    )
     start = time.monotonic()
     assert WorkflowExecutor(pool, concurrency=4).execute(wf, request()) == {"o": 3}
     assert time.monotonic() - start < PROMPT
@@ -217,7 +249,8 @@ def test_concurrency_one_runs_nodes_one_at_a_time(pool: ThreadPoolExecutor) -> N
     wf = build([ntype("busy", busy)], nodes)
 
     assert WorkflowExecutor(pool, concurrency=1).execute(wf, request()) == {
-        f"o{i}": i for i in range(4)}
+        f"o{i}": i for i in range(4)
+    }
     assert peak[0] == 1
 
     # Control: the same graph with room for more does overlap.
@@ -231,10 +264,15 @@ def test_concurrency_one_breaks_the_barrier(pool: ThreadPoolExecutor) -> None:
     types = _barrier_types(barrier)
     # Short barrier wait so the serial run fails fast.
     types[0] = ntype("waiter", lambda ctx, params: (barrier.wait(timeout=0.3), {"value": 1})[1])
-    wf = build(types, [
-        nd("w1", "waiter"), nd("w2", "waiter"),
-        nd("sum", "add", a="w1.value", b="w2.value"), nd("o", "out", value="sum.value"),
-    ])
+    wf = build(
+        types,
+        [
+            nd("w1", "waiter"),
+            nd("w2", "waiter"),
+            nd("sum", "add", a="w1.value", b="w2.value"),
+            nd("o", "out", value="sum.value"),
+        ],
+    )
     with pytest.raises(RunFailed) as info:
         WorkflowExecutor(pool, concurrency=1).execute(wf, request())
     assert "BrokenBarrierError" in info.value.error
@@ -261,10 +299,16 @@ def test_slow_branch_does_not_hold_back_fast_branch(pool: ThreadPoolExecutor) ->
         fast_child_ran.set()
         return {"value": f"{value}+child"}
 
-    wf = build([ntype("slow", slow), ntype("fast", fast), ntype("child", child, ins=("value",))], [
-        nd("s", "slow"), nd("f", "fast"), nd("c", "child", value="f.value"),
-        nd("o1", "out", value="s.value"), nd("o2", "out", value="c.value"),
-    ])
+    wf = build(
+        [ntype("slow", slow), ntype("fast", fast), ntype("child", child, ins=("value",))],
+        [
+            nd("s", "slow"),
+            nd("f", "fast"),
+            nd("c", "child", value="f.value"),
+            nd("o1", "out", value="s.value"),
+            nd("o2", "out", value="c.value"),
+        ],
+    )
     result = WorkflowExecutor(pool, concurrency=2).execute(wf, request())
     assert result == {"o1": "slow", "o2": "fast+child"}
     assert order.index("child") < order.index("slow end")
@@ -287,13 +331,19 @@ def _chain_with(fail: Fn, started: list[str]) -> Workflow:
         started.append(ctx.node_id)
         return fail()
 
-    return build([ntype("first", first), ntype("step", step, ins=("value",)),
-                  ntype("failing", failing, ins=("value",), title="Failing")], [
-        nd("node_1", "first"),
-        nd("node_x", "failing", label="Crop face", value="node_1.value"),
-        nd("node_3", "step", value="node_x.value"),
-        nd("node_4", "out", value="node_3.value"),
-    ])
+    return build(
+        [
+            ntype("first", first),
+            ntype("step", step, ins=("value",)),
+            ntype("failing", failing, ins=("value",), title="Failing"),
+        ],
+        [
+            nd("node_1", "first"),
+            nd("node_x", "failing", label="Crop face", value="node_1.value"),
+            nd("node_3", "step", value="node_x.value"),
+            nd("node_4", "out", value="node_3.value"),
+        ],
+    )
 
 
 def test_failing_node_names_node_and_label_and_stops_downstream(
@@ -314,7 +364,8 @@ def test_failing_node_names_node_and_label_and_stops_downstream(
     assert err.canceled is False
     assert started == ["node_1", "node_x"]
     assert sink.events == [
-        ("started", "node_1"), ("finished", "node_1", None),
+        ("started", "node_1"),
+        ("finished", "node_1", None),
         ("started", "node_x"),
         ("finished", "node_x", "node_x (Crop face): no face found in the image"),
     ]
@@ -324,14 +375,17 @@ def test_label_defaults_to_node_type_title(pool: ThreadPoolExecutor) -> None:
     def boom(ctx: Any, params: P) -> dict[str, object]:
         raise NodeError("nope")
 
-    wf = build([ntype("boom", boom, title="Exploder")],
-               [nd("node_7", "boom"), nd("o", "out", value="node_7.value")])
+    wf = build(
+        [ntype("boom", boom, title="Exploder")],
+        [nd("node_7", "boom"), nd("o", "out", value="node_7.value")],
+    )
     with pytest.raises(RunFailed, match=r"^node_7 \(Exploder\): nope$"):
         WorkflowExecutor(pool).execute(wf, request())
 
 
-def test_unexpected_exception_includes_its_type(pool: ThreadPoolExecutor,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_exception_includes_its_type(
+    pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
     def fail() -> dict[str, object]:
         raise KeyError("width")
 
@@ -380,10 +434,15 @@ def test_failure_tells_cooperative_siblings_to_stop(
         time.sleep(0.1)
         raise NodeError("broken")
 
-    wf = build([ntype("looper", looper), ntype("boom", boom)], [
-        nd("l", "looper"), nd("b", "boom"),
-        nd("o1", "out", value="l.value"), nd("o2", "out", value="b.value"),
-    ])
+    wf = build(
+        [ntype("looper", looper), ntype("boom", boom)],
+        [
+            nd("l", "looper"),
+            nd("b", "boom"),
+            nd("o1", "out", value="l.value"),
+            nd("o2", "out", value="b.value"),
+        ],
+    )
     req = request()
     with pytest.raises(RunFailed) as info:
         WorkflowExecutor(pool).execute(wf, req)
@@ -402,8 +461,10 @@ def test_node_timeout_enforced_while_node_is_blocked(
         release.wait(5)  # a 5 s sleep that the test can cut short at teardown
         return {"value": "late"}
 
-    wf = build([ntype("sleepy", sleepy, timeout_seconds=0.3, title="Sleepy")],
-               [nd("node_2", "sleepy"), nd("o", "out", value="node_2.value")])
+    wf = build(
+        [ntype("sleepy", sleepy, timeout_seconds=0.3, title="Sleepy")],
+        [nd("node_2", "sleepy"), nd("o", "out", value="node_2.value")],
+    )
     sink = Recorder()
     start = time.monotonic()
     with pytest.raises(RunFailed) as info:
@@ -424,8 +485,10 @@ def test_request_node_timeout_applies_when_type_has_none(
         release.wait(5)
         return {"value": "late"}
 
-    wf = build([ntype("sleepy", sleepy, title="Sleepy")],
-               [nd("s", "sleepy"), nd("o", "out", value="s.value")])
+    wf = build(
+        [ntype("sleepy", sleepy, title="Sleepy")],
+        [nd("s", "sleepy"), nd("o", "out", value="s.value")],
+    )
     start = time.monotonic()
     with pytest.raises(RunFailed, match=r"^s \(Sleepy\): timed out after 0.2 s$"):
         WorkflowExecutor(pool).execute(wf, request(node_timeout=0.2))
@@ -437,12 +500,15 @@ def test_run_deadline(pool: ThreadPoolExecutor, release: threading.Event) -> Non
         release.wait(5)
         return {"value": 1}
 
-    wf = build([ntype("step", step, title="Step")],
-               [nd("node_1", "step"), nd("o", "out", value="node_1.value")])
+    wf = build(
+        [ntype("step", step, title="Step")],
+        [nd("node_1", "step"), nd("o", "out", value="node_1.value")],
+    )
     start = time.monotonic()
     with pytest.raises(RunFailed) as info:
         WorkflowExecutor(pool).execute(
-            wf, request(node_timeout=60, deadline=time.monotonic() + 0.3))
+            wf, request(node_timeout=60, deadline=time.monotonic() + 0.3)
+        )
     assert info.value.error == "node_1 (Step): the run passed its time limit"
     assert info.value.node_id == "node_1"
     assert time.monotonic() - start < PROMPT
@@ -453,10 +519,11 @@ def test_fast_nodes_do_not_time_out(pool: ThreadPoolExecutor) -> None:
         time.sleep(0.05)
         return {"value": params.value}
 
-    wf = build([ntype("quick", quick, timeout_seconds=2)],
-               [nd("q", "quick", param=5), nd("o", "out", value="q.value")])
-    assert WorkflowExecutor(pool).execute(
-        wf, request(deadline=time.monotonic() + 30)) == {"o": 5}
+    wf = build(
+        [ntype("quick", quick, timeout_seconds=2)],
+        [nd("q", "quick", param=5), nd("o", "out", value="q.value")],
+    )
+    assert WorkflowExecutor(pool).execute(wf, request(deadline=time.monotonic() + 30)) == {"o": 5}
 
 
 # --------------------------------------------------------------------------- cancellation
@@ -472,11 +539,16 @@ def test_cancel_from_another_thread_stops_a_blocked_node(
         release.wait(5)  # does not look at the token
         return {"value": 1}
 
-    wf = build([ntype("stuck", stuck, title="Stuck")],
-               [nd("node_1", "stuck"), nd("o", "out", value="node_1.value")])
+    wf = build(
+        [ntype("stuck", stuck, title="Stuck")],
+        [nd("node_1", "stuck"), nd("o", "out", value="node_1.value")],
+    )
     req = request()
-    canceler = threading.Thread(target=lambda: started.wait(5) and (
-        time.sleep(0.1), req.token.cancel("canceled by the caller")))
+    canceler = threading.Thread(
+        target=lambda: (
+            started.wait(5) and (time.sleep(0.1), req.token.cancel("canceled by the caller"))
+        )
+    )
     canceler.start()
     sink = Recorder()
     begin = time.monotonic()
@@ -511,8 +583,10 @@ def test_cooperative_node_sees_check_canceled_raise(
             done.set()
         return {"value": "finished anyway"}
 
-    wf = build([ntype("polite", polite, title="Polite")],
-               [nd("p", "polite"), nd("o", "out", value="p.value")])
+    wf = build(
+        [ntype("polite", polite, title="Polite")],
+        [nd("p", "polite"), nd("o", "out", value="p.value")],
+    )
     req = request()
     threading.Timer(0.0, lambda: started.wait(5) and req.token.cancel()).start()
     with pytest.raises(RunFailed) as info:
@@ -562,32 +636,47 @@ def test_cancel_token() -> None:
 def test_events_in_order_for_a_chain(pool: ThreadPoolExecutor) -> None:
     def work(ctx: Any, params: P, value: object = None) -> dict[str, object]:
         ctx.progress(0.5)
-        ctx.progress(7)      # clamped to 1
-        ctx.progress(-3)     # clamped to 0
+        ctx.progress(7)  # clamped to 1
+        ctx.progress(-3)  # clamped to 0
         return {"value": value}
 
-    wf = build([ntype("src", work), ntype("mid", work, ins=("value",))], [
-        nd("a", "src"), nd("b", "mid", value="a.value"), nd("o", "out", value="b.value"),
-    ])
+    wf = build(
+        [ntype("src", work), ntype("mid", work, ins=("value",))],
+        [
+            nd("a", "src"),
+            nd("b", "mid", value="a.value"),
+            nd("o", "out", value="b.value"),
+        ],
+    )
     sink = Recorder()
     WorkflowExecutor(pool).execute(wf, request(), sink)
     assert sink.events == [
-        ("started", "a"), ("progress", "a", 0.5), ("progress", "a", 1.0),
-        ("progress", "a", 0.0), ("finished", "a", None),
-        ("started", "b"), ("progress", "b", 0.5), ("progress", "b", 1.0),
-        ("progress", "b", 0.0), ("finished", "b", None),
-        ("started", "o"), ("finished", "o", None),
+        ("started", "a"),
+        ("progress", "a", 0.5),
+        ("progress", "a", 1.0),
+        ("progress", "a", 0.0),
+        ("finished", "a", None),
+        ("started", "b"),
+        ("progress", "b", 0.5),
+        ("progress", "b", 1.0),
+        ("progress", "b", 0.0),
+        ("finished", "b", None),
+        ("started", "o"),
+        ("finished", "o", None),
     ]
 
 
 def test_every_started_node_finishes_once_in_a_diamond(pool: ThreadPoolExecutor) -> None:
-    wf = build([CONST, ADD], [
-        nd("a", "const", param=1),
-        nd("b", "add", a="a.value", b="a.value"),
-        nd("c", "add", a="a.value", b="b.value"),
-        nd("d", "add", a="b.value", b="c.value"),
-        nd("o", "out", value="d.value"),
-    ])
+    wf = build(
+        [CONST, ADD],
+        [
+            nd("a", "const", param=1),
+            nd("b", "add", a="a.value", b="a.value"),
+            nd("c", "add", a="a.value", b="b.value"),
+            nd("d", "add", a="b.value", b="c.value"),
+            nd("o", "out", value="d.value"),
+        ],
+    )
     sink = Recorder()
     assert WorkflowExecutor(pool).execute(wf, request(), sink) == {"o": 5}
     starts = [e[1] for e in sink.of("started")]
@@ -598,8 +687,7 @@ def test_every_started_node_finishes_once_in_a_diamond(pool: ThreadPoolExecutor)
     # a node starts only after all of its predecessors finished
     for nid in starts:
         for pred in wf.predecessors(nid):
-            assert (sink.events.index(("finished", pred, None))
-                    < sink.events.index(("started", nid)))
+            assert sink.events.index(("finished", pred, None)) < sink.events.index(("started", nid))
 
 
 # --------------------------------------------------------------------------- memory
@@ -626,11 +714,19 @@ def test_intermediate_values_released_once_consumed(pool: ThreadPoolExecutor) ->
         alive_when_last_ran.append(refs[0]() is not None)
         return {"value": value}
 
-    wf = build([ntype("make", make), ntype("shrink", shrink, ins=("value",)),
-                ntype("last", last, ins=("value",))], [
-        nd("m", "make"), nd("s", "shrink", value="m.value"),
-        nd("l", "last", value="s.value"), nd("o", "out", value="l.value"),
-    ])
+    wf = build(
+        [
+            ntype("make", make),
+            ntype("shrink", shrink, ins=("value",)),
+            ntype("last", last, ins=("value",)),
+        ],
+        [
+            nd("m", "make"),
+            nd("s", "shrink", value="m.value"),
+            nd("l", "last", value="s.value"),
+            nd("o", "out", value="l.value"),
+        ],
+    )
     assert WorkflowExecutor(pool).execute(wf, request()) == {"o": "small"}
     assert alive_when_last_ran == [False]
 
@@ -644,13 +740,25 @@ def builtins() -> NodeRegistry:
 
 
 def _text_delay_text(registry: NodeRegistry, seconds: float) -> Workflow:
-    return parse_workflow({"nodes": [
-        {"id": "node_1", "type": "input.text", "params": {"default": "fallback"}},
-        {"id": "node_2", "type": "util.delay", "params": {"seconds": seconds},
-         "inputs": {"value": {"node": "node_1", "port": "text"}}},
-        {"id": "node_3", "type": "output.text",
-         "inputs": {"text": {"node": "node_2", "port": "value"}}},
-    ]}, registry)
+    return parse_workflow(
+        {
+            "nodes": [
+                {"id": "node_1", "type": "input.text", "params": {"default": "fallback"}},
+                {
+                    "id": "node_2",
+                    "type": "util.delay",
+                    "params": {"seconds": seconds},
+                    "inputs": {"value": {"node": "node_1", "port": "text"}},
+                },
+                {
+                    "id": "node_3",
+                    "type": "output.text",
+                    "inputs": {"text": {"node": "node_2", "port": "value"}},
+                },
+            ]
+        },
+        registry,
+    )
 
 
 def test_builtin_text_through_delay(pool: ThreadPoolExecutor, builtins: NodeRegistry) -> None:
@@ -658,7 +766,8 @@ def test_builtin_text_through_delay(pool: ThreadPoolExecutor, builtins: NodeRegi
     sink = Recorder()
     start = time.monotonic()
     assert WorkflowExecutor(pool).execute(wf, request({"node_1": "hello"}), sink) == {
-        "node_3": "hello"}
+        "node_3": "hello"
+    }
     elapsed = time.monotonic() - start
     assert 0.2 <= elapsed < PROMPT
     progress = [e[2] for e in sink.of("progress") if e[1] == "node_2"]
@@ -702,25 +811,44 @@ def test_builtin_delay_respects_node_timeout(
     assert info.value.canceled is False
 
 
-def test_builtin_json_output_refuses_non_json(pool: ThreadPoolExecutor,
-                                              builtins: NodeRegistry) -> None:
+def test_builtin_json_output_refuses_non_json(
+    pool: ThreadPoolExecutor, builtins: NodeRegistry
+) -> None:
     reg = NodeRegistry([*builtins, ntype("const", _const)])
-    wf = parse_workflow({"nodes": [
-        {"id": "node_1", "type": "const", "params": {"value": None}},
-        {"id": "node_2", "type": "output.json", "label": "Result",
-         "inputs": {"value": {"node": "node_1", "port": "value"}}},
-    ]}, reg)
+    wf = parse_workflow(
+        {
+            "nodes": [
+                {"id": "node_1", "type": "const", "params": {"value": None}},
+                {
+                    "id": "node_2",
+                    "type": "output.json",
+                    "label": "Result",
+                    "inputs": {"value": {"node": "node_1", "port": "value"}},
+                },
+            ]
+        },
+        reg,
+    )
     assert WorkflowExecutor(pool).execute(wf, request()) == {"node_2": None}
 
     def weird(ctx: Any, params: P) -> dict[str, object]:
         return {"value": {1, 2}}
 
     reg2 = NodeRegistry([*builtins, ntype("const", weird)])
-    wf2 = parse_workflow({"nodes": [
-        {"id": "node_1", "type": "const"},
-        {"id": "node_2", "type": "output.json", "label": "Result",
-         "inputs": {"value": {"node": "node_1", "port": "value"}}},
-    ]}, reg2)
+    wf2 = parse_workflow(
+        {
+            "nodes": [
+                {"id": "node_1", "type": "const"},
+                {
+                    "id": "node_2",
+                    "type": "output.json",
+                    "label": "Result",
+                    "inputs": {"value": {"node": "node_1", "port": "value"}},
+                },
+            ]
+        },
+        reg2,
+    )
     with pytest.raises(RunFailed) as info:
         WorkflowExecutor(pool).execute(wf2, request())
     assert info.value.node_id == "node_2"

@@ -26,27 +26,41 @@ def _wf(registry: NodeRegistry, inputs: dict[str, tuple[str, dict[str, Any]]]) -
     ]
     first = next(iter(inputs))
     port = registry.get(inputs[first][0]).outputs  # type: ignore[union-attr]
-    nodes.append({"id": "node_99", "type": "output.json",
-                  "inputs": {"value": {"node": first, "port": next(iter(port))}}})
+    nodes.append(
+        {
+            "id": "node_99",
+            "type": "output.json",
+            "inputs": {"value": {"node": first, "port": next(iter(port))}},
+        }
+    )
     return parse_workflow({"nodes": nodes}, registry)
 
 
 @pytest.fixture(scope="module")
 def workflow(registry: NodeRegistry) -> Workflow:
-    return _wf(registry, {
-        "node_1": ("input.text", {"label": "Prompt", "required": True, "max_length": 5}),
-        "node_2": ("input.number", {"label": "Count", "minimum": 1, "maximum": 10,
-                                    "integer": True}),
-        "node_3": ("input.boolean", {"label": "Flag"}),
-        "node_4": ("input.choice", {"label": "Size", "options": ["small", "large"],
-                                    "default": "small"}),
-        "node_5": ("input.image_url", {"label": "Photo"}),
-        "node_6": ("input.text", {"label": "Greeting", "default": "hello"}),
-        "node_7": ("input.number", {"label": "Ratio", "default": 2.5}),
-        "node_8": ("input.boolean", {"label": "Opt-in", "default": False}),
-        "node_10": ("input.image_url", {"label": "Backdrop", "required": False,
-                                        "default": "https://example.com/bg.png"}),
-    })
+    return _wf(
+        registry,
+        {
+            "node_1": ("input.text", {"label": "Prompt", "required": True, "max_length": 5}),
+            "node_2": (
+                "input.number",
+                {"label": "Count", "minimum": 1, "maximum": 10, "integer": True},
+            ),
+            "node_3": ("input.boolean", {"label": "Flag"}),
+            "node_4": (
+                "input.choice",
+                {"label": "Size", "options": ["small", "large"], "default": "small"},
+            ),
+            "node_5": ("input.image_url", {"label": "Photo"}),
+            "node_6": ("input.text", {"label": "Greeting", "default": "hello"}),
+            "node_7": ("input.number", {"label": "Ratio", "default": 2.5}),
+            "node_8": ("input.boolean", {"label": "Opt-in", "default": False}),
+            "node_10": (
+                "input.image_url",
+                {"label": "Backdrop", "required": False, "default": "https://example.com/bg.png"},
+            ),
+        },
+    )
 
 
 def good(**over: object) -> dict[str, object]:
@@ -76,25 +90,34 @@ def one(workflow: Workflow, inputs: object, **kw: Any) -> Issue:
 
 
 def test_valid_inputs_with_defaults_filled_in(workflow: Workflow) -> None:
-    out = check_run_inputs(workflow, {"node_1": "hi", "node_2": 3,
-                                      "node_5": "https://example.com/me.png"})
+    out = check_run_inputs(
+        workflow, {"node_1": "hi", "node_2": 3, "node_5": "https://example.com/me.png"}
+    )
     assert out == {
         "node_1": "hi",
         "node_2": 3,
-        "node_3": None,            # optional, no default
-        "node_4": "small",         # choice default
+        "node_3": None,  # optional, no default
+        "node_4": "small",  # choice default
         "node_5": "https://example.com/me.png",
-        "node_6": "hello",         # text default
-        "node_7": 2.5,             # number default
-        "node_8": False,           # boolean default False is kept, not treated as missing
+        "node_6": "hello",  # text default
+        "node_7": 2.5,  # number default
+        "node_8": False,  # boolean default False is kept, not treated as missing
         "node_10": "https://example.com/bg.png",
     }
 
 
 def test_given_values_override_defaults(workflow: Workflow) -> None:
-    out = check_run_inputs(workflow, good(node_4="large", node_6="yo", node_7=-1.5,
-                                          node_8=True, node_3=False,
-                                          node_10="http://example.org/x.jpg"))
+    out = check_run_inputs(
+        workflow,
+        good(
+            node_4="large",
+            node_6="yo",
+            node_7=-1.5,
+            node_8=True,
+            node_3=False,
+            node_10="http://example.org/x.jpg",
+        ),
+    )
     assert out["node_4"] == "large"
     assert out["node_6"] == "yo"
     assert out["node_7"] == -1.5
@@ -112,8 +135,10 @@ def test_text_at_max_length_accepted(workflow: Workflow) -> None:
     assert check_run_inputs(workflow, good(node_1="12345"))["node_1"] == "12345"
 
 
-@pytest.mark.parametrize("url", [PNG_DATA_URI, "https://example.com/a.png?x=1",
-                                 "http://127.0.0.1:8000/v1/files/abc/content"])
+@pytest.mark.parametrize(
+    "url",
+    [PNG_DATA_URI, "https://example.com/a.png?x=1", "http://127.0.0.1:8000/v1/files/abc/content"],
+)
 def test_media_urls_accepted(workflow: Workflow, url: str) -> None:
     assert check_run_inputs(workflow, good(node_5=url))["node_5"] == url
 
@@ -133,8 +158,9 @@ def test_media_check_sees_data_uris_and_urls(workflow: Workflow) -> None:
         seen.append(value)
         return None
 
-    check_run_inputs(workflow, good(node_5=PNG_DATA_URI, node_10="https://cdn.example/x.png"),
-                     media_check=check)
+    check_run_inputs(
+        workflow, good(node_5=PNG_DATA_URI, node_10="https://cdn.example/x.png"), media_check=check
+    )
     assert sorted(seen) == sorted([PNG_DATA_URI, "https://cdn.example/x.png"])
 
 
@@ -184,10 +210,16 @@ def test_output_node_id_is_not_an_input(workflow: Workflow) -> None:
 
 
 def test_unknown_input_lists_none_when_app_has_no_inputs(registry: NodeRegistry) -> None:
-    wf = parse_workflow({"nodes": [
-        {"id": "node_1", "type": "output.json", "inputs": {}},
-    ]}, NodeRegistry([t for t in registry if t.type != "output.json"] + [
-        _optional_json_out(registry)]))
+    wf = parse_workflow(
+        {
+            "nodes": [
+                {"id": "node_1", "type": "output.json", "inputs": {}},
+            ]
+        },
+        NodeRegistry(
+            [t for t in registry if t.type != "output.json"] + [_optional_json_out(registry)]
+        ),
+    )
     issue = one(wf, {"node_1": 1})
     assert issue.message == "no input with nodeId 'node_1' (inputs: none)"
 
@@ -223,19 +255,37 @@ def _optional_json_out(registry: NodeRegistry) -> Any:
         ("node_4", "medium", "'Size' (choice) must be one of 'small', 'large'"),
         ("node_4", 1, "'Size' (choice) must be one of 'small', 'large'"),
         ("node_4", "Small", "'Size' (choice) must be one of 'small', 'large'"),
-        ("node_5", "ftp://example.com/me.png",
-         "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL"),
-        ("node_5", "/v1/files/abc/content",
-         "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL"),
-        ("node_5", "me.png",
-         "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL"),
-        ("node_5", "https://",
-         "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL"),
-        ("node_5", "file:///etc/passwd",
-         "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL"),
+        (
+            "node_5",
+            "ftp://example.com/me.png",
+            "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL",
+        ),
+        (
+            "node_5",
+            "/v1/files/abc/content",
+            "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL",
+        ),
+        (
+            "node_5",
+            "me.png",
+            "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL",
+        ),
+        (
+            "node_5",
+            "https://",
+            "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL",
+        ),
+        (
+            "node_5",
+            "file:///etc/passwd",
+            "'Photo' (image_url) must be an http(s) URL, a data: URI or an upload URL",
+        ),
         ("node_5", 123, "'Photo' (image_url) must be a URL string"),
-        ("node_5", {"url": "https://example.com/me.png"},
-         "'Photo' (image_url) must be a URL string"),
+        (
+            "node_5",
+            {"url": "https://example.com/me.png"},
+            "'Photo' (image_url) must be a URL string",
+        ),
     ],
 )
 def test_invalid_values(workflow: Workflow, node_id: str, value: object, message: str) -> None:
@@ -260,8 +310,9 @@ def test_media_check_message_reported(workflow: Workflow) -> None:
         calls.append(value)
         return "is not a file of this workspace" if "evil" in value else None
 
-    issue = one(workflow, good(node_5="https://flowy.example/v1/files/evil/content"),
-                media_check=check)
+    issue = one(
+        workflow, good(node_5="https://flowy.example/v1/files/evil/content"), media_check=check
+    )
     assert issue.code == "invalid_value"
     assert issue.field == "inputs.node_5"
     assert issue.message == "'Photo' (image_url) is not a file of this workspace"
@@ -283,20 +334,30 @@ def test_media_check_not_called_for_refused_urls(workflow: Workflow) -> None:
 
 
 def test_all_problems_reported_together(workflow: Workflow) -> None:
-    err = failure(workflow, {
-        # node_1 missing (required), node_5 is not a URL
-        "node_2": "three",
-        "node_3": "yes",
-        "node_4": "huge",
-        "node_5": "ftp://x/y.png",
-        "node_6": 7,
-        "node_7": math.nan,
-        "bogus": 1,
-    })
+    err = failure(
+        workflow,
+        {
+            # node_1 missing (required), node_5 is not a URL
+            "node_2": "three",
+            "node_3": "yes",
+            "node_4": "huge",
+            "node_5": "ftp://x/y.png",
+            "node_6": 7,
+            "node_7": math.nan,
+            "bogus": 1,
+        },
+    )
     by_field = {i.field: i for i in err.issues}
-    assert set(by_field) == {"inputs.node_1", "inputs.node_2", "inputs.node_3",
-                             "inputs.node_4", "inputs.node_5", "inputs.node_6",
-                             "inputs.node_7", "inputs.bogus"}
+    assert set(by_field) == {
+        "inputs.node_1",
+        "inputs.node_2",
+        "inputs.node_3",
+        "inputs.node_4",
+        "inputs.node_5",
+        "inputs.node_6",
+        "inputs.node_7",
+        "inputs.bogus",
+    }
     assert by_field["inputs.node_1"].code == "required"
     assert by_field["inputs.bogus"].code == "unknown_input"
     assert len(err.issues) == 8

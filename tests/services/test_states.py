@@ -54,8 +54,13 @@ def new_run(db: Database, version: AppVersion, status: RunStatus = RunStatus.QUE
     with db.write() as s:
         app = s.get(App, version.app_id)
         assert app is not None
-        run = Run(workspace_id=app.workspace_id, app_id=app.id, version_id=version.id,
-                  status=status, inputs={"node_1": "hi"})
+        run = Run(
+            workspace_id=app.workspace_id,
+            app_id=app.id,
+            version_id=version.id,
+            status=status,
+            inputs={"node_1": "hi"},
+        )
         s.add(run)
     return run.id
 
@@ -101,10 +106,12 @@ def test_claim_takes_a_queued_run(db: Database, version: AppVersion) -> None:
     assert (run.lease_owner, run.attempt) == ("worker-a", 1)
 
 
-@pytest.mark.parametrize("status", [RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED,
-                                    RunStatus.CANCELED])
-def test_claim_refuses_runs_that_are_not_queued(db: Database, version: AppVersion,
-                                                status: RunStatus) -> None:
+@pytest.mark.parametrize(
+    "status", [RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED]
+)
+def test_claim_refuses_runs_that_are_not_queued(
+    db: Database, version: AppVersion, status: RunStatus
+) -> None:
     run_id = new_run(db, version, status)
     assert do_claim(db, run_id, "worker-a") is False
     run = get(db, run_id)
@@ -118,8 +125,9 @@ def test_claim_of_unknown_run_is_false(db: Database) -> None:
 
 
 @pytest.mark.parametrize("n_threads", [2, 4, 8])
-def test_claim_race_has_exactly_one_winner(db: Database, version: AppVersion,
-                                           n_threads: int) -> None:
+def test_claim_race_has_exactly_one_winner(
+    db: Database, version: AppVersion, n_threads: int
+) -> None:
     run_id = new_run(db, version)
     gate = threading.Barrier(n_threads)
     results: dict[str, bool] = {}
@@ -176,8 +184,9 @@ def test_fenced_update_refuses_a_queued_run(db: Database, version: AppVersion) -
     assert get(db, run_id).error is None
 
 
-def test_finish_with_wrong_owner_or_attempt_changes_nothing(db: Database,
-                                                             version: AppVersion) -> None:
+def test_finish_with_wrong_owner_or_attempt_changes_nothing(
+    db: Database, version: AppVersion
+) -> None:
     run_id = new_run(db, version)
     assert do_claim(db, run_id, "worker-a")
     before = get(db, run_id)
@@ -196,9 +205,18 @@ def test_finish_by_the_lease_holder(db: Database, version: AppVersion) -> None:
     run_id = new_run(db, version)
     assert do_claim(db, run_id, "worker-a")
     with db.write() as s:
-        assert finish(s, run_id, "worker-a", 1, RunStatus.COMPLETED,
-                      outputs=[{"nodeId": "node_3", "value": "hi"}],
-                      nodes={"node_3": "completed"}) is True
+        assert (
+            finish(
+                s,
+                run_id,
+                "worker-a",
+                1,
+                RunStatus.COMPLETED,
+                outputs=[{"nodeId": "node_3", "value": "hi"}],
+                nodes={"node_3": "completed"},
+            )
+            is True
+        )
     run = get(db, run_id)
     assert run.status == RunStatus.COMPLETED
     assert run.outputs == [{"nodeId": "node_3", "value": "hi"}]
@@ -218,11 +236,21 @@ def test_finish_failed_keeps_error_and_node(db: Database, version: AppVersion) -
     run_id = new_run(db, version)
     assert do_claim(db, run_id, "worker-a")
     with db.write() as s:
-        assert finish(s, run_id, "worker-a", 1, RunStatus.FAILED,
-                      error="node_2 (Crop): no face found", error_node="node_2")
+        assert finish(
+            s,
+            run_id,
+            "worker-a",
+            1,
+            RunStatus.FAILED,
+            error="node_2 (Crop): no face found",
+            error_node="node_2",
+        )
     run = get(db, run_id)
     assert (run.status, run.error, run.error_node) == (
-        RunStatus.FAILED, "node_2 (Crop): no face found", "node_2")
+        RunStatus.FAILED,
+        "node_2 (Crop): no face found",
+        "node_2",
+    )
     assert run.outputs == []  # untouched when not given
 
 
@@ -244,7 +272,7 @@ def test_requeue_expired(db: Database, version: AppVersion) -> None:
                 requeued, failed = requeue_expired(s, utcnow() + LEASE * 2, max_attempts=3)
             assert (requeued, failed) == ([exhausted], [])
     assert get(db, exhausted).attempt == 3
-    assert do_claim(db, expired, "worker-a")      # attempt 1
+    assert do_claim(db, expired, "worker-a")  # attempt 1
     assert do_claim(db, done, "worker-a")
     with db.write() as s:
         assert finish(s, done, "worker-a", 1, RunStatus.COMPLETED)
@@ -294,11 +322,11 @@ def test_requeue_expired_leaves_unexpired_leases(db: Database, version: AppVersi
 
 def test_worker_that_lost_its_lease_cannot_finish(db: Database, version: AppVersion) -> None:
     run_id = new_run(db, version)
-    assert do_claim(db, run_id, "worker-a")            # attempt 1, then worker-a stalls
+    assert do_claim(db, run_id, "worker-a")  # attempt 1, then worker-a stalls
     with db.write() as s:
         requeued, _ = requeue_expired(s, utcnow() + LEASE * 2, max_attempts=3)
     assert requeued == [run_id]
-    assert do_claim(db, run_id, "worker-b")            # attempt 2
+    assert do_claim(db, run_id, "worker-b")  # attempt 2
 
     # worker-a wakes up and tries to report its result.
     with db.write() as s:
@@ -320,8 +348,9 @@ def test_worker_that_lost_its_lease_cannot_finish(db: Database, version: AppVers
     assert (r.status, r.outputs) == (RunStatus.COMPLETED, ["fresh"])
 
 
-def test_worker_that_lost_its_lease_before_anyone_reclaimed(db: Database,
-                                                           version: AppVersion) -> None:
+def test_worker_that_lost_its_lease_before_anyone_reclaimed(
+    db: Database, version: AppVersion
+) -> None:
     run_id = new_run(db, version)
     assert do_claim(db, run_id, "worker-a")
     with db.write() as s:

@@ -8,13 +8,23 @@ from pathlib import Path
 
 from tests.flowy_process import FlowyProcess
 
-SLOW = {"nodes": [
-    {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
-    {"id": "node_2", "type": "util.delay", "params": {"seconds": 2.0},
-     "inputs": {"value": {"node": "node_1", "port": "text"}}},
-    {"id": "node_3", "type": "output.text", "label": "Echo",
-     "inputs": {"text": {"node": "node_2", "port": "value"}}},
-]}
+SLOW = {
+    "nodes": [
+        {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
+        {
+            "id": "node_2",
+            "type": "util.delay",
+            "params": {"seconds": 2.0},
+            "inputs": {"value": {"node": "node_1", "port": "text"}},
+        },
+        {
+            "id": "node_3",
+            "type": "output.text",
+            "label": "Echo",
+            "inputs": {"text": {"node": "node_2", "port": "value"}},
+        },
+    ]
+}
 
 
 def _wait_status(server: FlowyProcess, run_id: str, status: str, timeout: float = 20) -> None:
@@ -31,14 +41,21 @@ def test_killed_server_finishes_every_run_after_restart(tmp_path: Path) -> None:
     server = FlowyProcess(tmp_path, env=env).start()
     key = server.key
     try:
-        app = server.post("/apps", json={"title": "Slow echo", "workflow": SLOW,
-                                         "published": True}).json()["data"]["id"]
-        runs = [server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": f"hello {i}"}})
-                .json()["data"]["runId"] for i in range(3)]
+        app = server.post(
+            "/apps", json={"title": "Slow echo", "workflow": SLOW, "published": True}
+        ).json()["data"]["id"]
+        runs = [
+            server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": f"hello {i}"}}).json()[
+                "data"
+            ]["runId"]
+            for i in range(3)
+        ]
         _wait_status(server, runs[0], "running")
         # One run is mid-flight, two are queued behind it (one worker).
-        assert [server.get(f"/runs/{r}").json()["data"]["status"] for r in runs[1:]] == \
-            ["queued", "queued"]
+        assert [server.get(f"/runs/{r}").json()["data"]["status"] for r in runs[1:]] == [
+            "queued",
+            "queued",
+        ]
     finally:
         server.kill()
 
@@ -50,8 +67,7 @@ def test_killed_server_finishes_every_run_after_restart(tmp_path: Path) -> None:
         for i, run_id in enumerate(runs):
             run = again.wait_run(run_id, timeout=30)
             assert run["status"] == "completed", run["error"]
-            assert run["outputs"] == [{"nodeId": "node_3", "kind": "text",
-                                       "value": f"hello {i}"}]
+            assert run["outputs"] == [{"nodeId": "node_3", "kind": "text", "value": f"hello {i}"}]
         first = again.get(f"/runs/{runs[0]}").json()["data"]
         assert first["attempt"] == 2  # interrupted once, finished on the second attempt
     finally:
@@ -59,20 +75,25 @@ def test_killed_server_finishes_every_run_after_restart(tmp_path: Path) -> None:
 
 
 def test_graceful_stop_hands_runs_back(tmp_path: Path) -> None:
-    server = FlowyProcess(tmp_path, env={"FLOWY_WORKER__CONCURRENCY": "1",
-                                         "FLOWY_WORKER__SHUTDOWN_GRACE_SECONDS": "0.2"}).start()
+    server = FlowyProcess(
+        tmp_path,
+        env={"FLOWY_WORKER__CONCURRENCY": "1", "FLOWY_WORKER__SHUTDOWN_GRACE_SECONDS": "0.2"},
+    ).start()
     key = server.key
     try:
-        app = server.post("/apps", json={"title": "Slow echo", "workflow": SLOW,
-                                         "published": True}).json()["data"]["id"]
-        run_id = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "x"}}) \
-            .json()["data"]["runId"]
+        app = server.post(
+            "/apps", json={"title": "Slow echo", "workflow": SLOW, "published": True}
+        ).json()["data"]["id"]
+        run_id = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "x"}}).json()["data"][
+            "runId"
+        ]
         _wait_status(server, run_id, "running")
     finally:
         server.stop()  # SIGTERM while the run is in flight
     with sqlite3.connect(tmp_path / "flowy.db") as db:
-        status, owner = db.execute("SELECT status, lease_owner FROM runs WHERE id = ?",
-                                   (run_id,)).fetchone()
+        status, owner = db.execute(
+            "SELECT status, lease_owner FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
     assert (status, owner) == ("queued", None)  # handed back, not left "running"
     again = FlowyProcess(tmp_path, port=server.port).start()
     again.key = key

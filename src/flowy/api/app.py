@@ -28,11 +28,18 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         finally:
             plat.stop()
 
-    app = FastAPI(title="Flowy", version=__version__, lifespan=lifespan,
-                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+    app = FastAPI(
+        title="Flowy",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
     app.state.platform = plat
     errors.install(app)
-    app.add_middleware(BodyLimit, default=settings.server.max_body_bytes,
-                       uploads=settings.media.max_bytes + 65536)
+    app.add_middleware(
+        BodyLimit, default=settings.server.max_body_bytes, uploads=settings.media.max_bytes + 65536
+    )
     app.include_router(router)
     return app

@@ -20,8 +20,7 @@ def platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(platform)]
 
 
-def workspace(p: PlatformDep,
-              authorization: Annotated[str | None, Header()] = None) -> str:
+def workspace(p: PlatformDep, authorization: Annotated[str | None, Header()] = None) -> str:
     """The workspace of the Bearer key; AuthError (401) otherwise."""
     return authenticate(p.db, authorization)
 
@@ -40,9 +39,10 @@ async def json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}",
-                         details=[{"field": "body", "code": "malformed_json",
-                                   "message": str(exc)}]) from None
+        raise BadRequest(
+            f"malformed JSON body: {exc}",
+            details=[{"field": "body", "code": "malformed_json", "message": str(exc)}],
+        ) from None
 
 
 BodyDep = Annotated[Any, Depends(json_body)]

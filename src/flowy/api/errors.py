@@ -27,10 +27,14 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}},
-                        status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -44,14 +48,24 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"),
-                              message, None, dict(exc.headers or {}))
+        return error_response(
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, "error"),
+            message,
+            None,
+            dict(exc.headers or {}),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"code": e.get("type", "invalid"),
-                    "field": ".".join(str(p) for p in e.get("loc", ())),
-                    "message": e.get("msg", "")} for e in exc.errors()]
+        details = [
+            {
+                "code": e.get("type", "invalid"),
+                "field": ".".join(str(p) for p in e.get("loc", ())),
+                "message": e.get("msg", ""),
+            }
+            for e in exc.errors()
+        ]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         return error_response(422, "validation_error", message or "invalid request", details)
 

@@ -9,11 +9,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def _too_large(limit: int) -> bytes:
-    return json.dumps({"error": {
-        "code": "payload_too_large",
-        "message": f"request body is larger than {limit} bytes",
-        "details": [{"field": "body", "code": "too_large", "message": f"limit {limit} bytes"}],
-    }}).encode()
+    return json.dumps(
+        {
+            "error": {
+                "code": "payload_too_large",
+                "message": f"request body is larger than {limit} bytes",
+                "details": [
+                    {"field": "body", "code": "too_large", "message": f"limit {limit} bytes"}
+                ],
+            }
+        }
+    ).encode()
 
 
 class BodyLimit:
@@ -61,10 +67,17 @@ class BodyLimit:
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
         body = _too_large(limit)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

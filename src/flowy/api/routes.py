@@ -22,10 +22,12 @@ _APP_FIELDS = {"title", "description", "workflow", "published"}
 
 def _fields(body: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise ValidationFailed([Issue("invalid_type", "the body must be a JSON object",
-                                      field="body")])
-    issues = [Issue("unknown_field", f"unknown field {k!r}", field=k)
-              for k in body if k not in allowed]
+        raise ValidationFailed(
+            [Issue("invalid_type", "the body must be a JSON object", field="body")]
+        )
+    issues = [
+        Issue("unknown_field", f"unknown field {k!r}", field=k) for k in body if k not in allowed
+    ]
     for key in ("description",):
         if key in body and not isinstance(body[key], str):
             issues.append(Issue("invalid_type", "must be a string", field=key))
@@ -51,8 +53,13 @@ def create_app(p: PlatformDep, ws: WorkspaceDep, body: BodyDep) -> Data:
     b = _fields(body, _APP_FIELDS)
     if "workflow" not in b:
         raise ValidationFailed([Issue("required", "'workflow' is required", field="workflow")])
-    d = p.apps.create(ws, title=b.get("title"), workflow=b["workflow"],
-                      description=b.get("description", ""), published=b.get("published", False))
+    d = p.apps.create(
+        ws,
+        title=b.get("title"),
+        workflow=b["workflow"],
+        description=b.get("description", ""),
+        published=b.get("published", False),
+    )
     return {"data": app_detail(d)}
 
 
@@ -64,8 +71,14 @@ def get_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Data:
 @router.patch("/apps/{app_id}")
 def update_app(p: PlatformDep, ws: WorkspaceDep, app_id: str, body: BodyDep) -> Data:
     b = _fields(body, _APP_FIELDS)
-    d = p.apps.update(ws, app_id, title=b.get("title"), description=b.get("description"),
-                      workflow=b.get("workflow"), published=b.get("published"))
+    d = p.apps.update(
+        ws,
+        app_id,
+        title=b.get("title"),
+        description=b.get("description"),
+        workflow=b.get("workflow"),
+        published=b.get("published"),
+    )
     return {"data": app_detail(d)}
 
 
@@ -88,8 +101,14 @@ def delete_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Response:
 @router.post("/apps/{app_id}/runs", status_code=201)
 def create_run(p: PlatformDep, ws: WorkspaceDep, app_id: str, body: BodyDep) -> Data:
     run = p.runs.create(ws, app_id, body)
-    return {"data": {"runId": run.id, "status": run.status, "appId": run.app_id,
-                     "createdAt": iso(run.created_at)}}
+    return {
+        "data": {
+            "runId": run.id,
+            "status": run.status,
+            "appId": run.app_id,
+            "createdAt": iso(run.created_at),
+        }
+    }
 
 
 @router.get("/runs/{run_id}")
@@ -115,8 +134,9 @@ async def upload(request: Request, p: PlatformDep, ws: WorkspaceDep) -> Data:
     async with request.form(max_files=1, max_fields=10, max_part_size=limit) as form:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise ValidationFailed([Issue("required", "a file field named 'file' is required",
-                                          field="file")])
+            raise ValidationFailed(
+                [Issue("required", "a file field named 'file' is required", field="file")]
+            )
         data = await file.read(limit + 1)
         name = _SAFE_NAME.sub("_", file.filename or "upload").strip("._")[:100] or "upload"
     if len(data) > limit:
@@ -134,21 +154,31 @@ def get_upload(p: PlatformDep, ws: WorkspaceDep, upload_id: str) -> Data:
 
 def _upload_view(p: PlatformDep, asset: Asset) -> Data:
     link = p.files.link(asset.id, asset.filename)
-    return {"id": asset.id, "url": link.url, "expiresAt": iso(link.expires_at),
-            "contentType": asset.content_type, "size": asset.size, "filename": asset.filename,
-            "createdAt": iso(asset.created_at)}
+    return {
+        "id": asset.id,
+        "url": link.url,
+        "expiresAt": iso(link.expires_at),
+        "contentType": asset.content_type,
+        "size": asset.size,
+        "filename": asset.filename,
+        "createdAt": iso(asset.created_at),
+    }
 
 
 @router.get("/files/{asset_id}/{filename}", include_in_schema=True)
-def download(p: PlatformDep, asset_id: str, filename: str,
-             expires: Annotated[str | None, Query()] = None,
-             signature: Annotated[str | None, Query()] = None) -> Response:
+def download(
+    p: PlatformDep,
+    asset_id: str,
+    filename: str,
+    expires: Annotated[str | None, Query()] = None,
+    signature: Annotated[str | None, Query()] = None,
+) -> Response:
     """Serve a stored file to whoever holds a valid signed link (no API key needed)."""
     asset, data = p.files.open(asset_id, filename, expires, signature)
     inline = asset.content_type.startswith("image/")
     headers = {
-        "Content-Disposition": f'{"inline" if inline else "attachment"}; '
-                               f'filename="{asset.filename}"',
+        "Content-Disposition": f"{'inline' if inline else 'attachment'}; "
+        f'filename="{asset.filename}"',
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, max-age=3600",
         "Content-Security-Policy": "default-src 'none'; sandbox",

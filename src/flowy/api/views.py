@@ -26,14 +26,24 @@ def app_summary(app: App) -> dict[str, Any]:
     }
 
 
-_INPUT_EXTRAS = {"description": "description", "default": "default", "options": "options",
-                 "minimum": "minimum", "maximum": "maximum", "max_length": "maxLength",
-                 "integer": "integer"}
+_INPUT_EXTRAS = {
+    "description": "description",
+    "default": "default",
+    "options": "options",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "max_length": "maxLength",
+    "integer": "integer",
+}
 
 
 def app_input(i: AppInput) -> dict[str, Any]:
-    out: dict[str, Any] = {"nodeId": i.node_id, "label": i.label, "kind": i.kind,
-                           "required": i.required}
+    out: dict[str, Any] = {
+        "nodeId": i.node_id,
+        "label": i.label,
+        "kind": i.kind,
+        "required": i.required,
+    }
     for attr, key in _INPUT_EXTRAS.items():
         value = getattr(i.params, attr, None)
         if value is not None:
@@ -47,7 +57,9 @@ def app_detail(d: AppDetail) -> dict[str, Any]:
         "version": d.version.number,
         "versionId": d.version.id,
         "inputs": [app_input(i) for i in d.workflow.inputs],
-        "outputs": [{"nodeId": o.node_id, "label": o.label, "outputType": o.output_type}
-                    for o in d.workflow.outputs],
+        "outputs": [
+            {"nodeId": o.node_id, "label": o.label, "outputType": o.output_type}
+            for o in d.workflow.outputs
+        ],
         "workflow": d.version.workflow,
     }

@@ -14,14 +14,20 @@ import typer
 
 from flowy.settings import Settings, load_settings
 
-app = typer.Typer(help="Flowy: node-graph workflows as apps behind an async REST API.",
-                  no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Manage API keys (works on the local data directory).",
-                       no_args_is_help=True)
-apps_app = typer.Typer(help="Create and list apps (talks to FLOWY_API with FLOWY_KEY).",
-                       no_args_is_help=True)
-workspaces_app = typer.Typer(help="Manage workspaces (works on the local data directory).",
-                             no_args_is_help=True)
+app = typer.Typer(
+    help="Flowy: node-graph workflows as apps behind an async REST API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(
+    help="Manage API keys (works on the local data directory).", no_args_is_help=True
+)
+apps_app = typer.Typer(
+    help="Create and list apps (talks to FLOWY_API with FLOWY_KEY).", no_args_is_help=True
+)
+workspaces_app = typer.Typer(
+    help="Manage workspaces (works on the local data directory).", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(workspaces_app, name="workspaces")
 app.add_typer(apps_app, name="apps")
@@ -60,26 +66,32 @@ def serve(
     from flowy.services.platform import Platform
 
     settings = _settings(data_dir, host=host, port=port)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     platform = Platform.build(settings)
     upgrade(settings.sqlalchemy_url)
     api = f"{settings.base_url}/v1"
-    typer.echo(f"Flowy (embedded) on {settings.base_url}, data in "
-               f"{settings.data_dir.resolve()}")
+    typer.echo(f"Flowy (embedded) on {settings.base_url}, data in {settings.data_dir.resolve()}")
     if settings.bootstrap:
         boot = bootstrap(platform.db, platform.apps)
         if boot.api_key:
-            typer.echo("Created the default workspace, its example apps and an API key.\n"
-                       "The key is shown only this once; paste these lines in your shell:\n")
+            typer.echo(
+                "Created the default workspace, its example apps and an API key.\n"
+                "The key is shown only this once; paste these lines in your shell:\n"
+            )
             typer.echo(f"export FLOWY_API={api}")
             typer.echo(f"export FLOWY_KEY={boot.api_key}\n")
         else:
             typer.echo(f"export FLOWY_API={api}   # make a key with: flowy keys create")
     sys.stdout.flush()
-    uvicorn.run(create_app(settings, platform), host=settings.server.host,
-                port=settings.server.port, log_level=settings.log_level.lower(),
-                access_log=False)
+    uvicorn.run(
+        create_app(settings, platform),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
 
 
 @app.command()
@@ -127,8 +139,10 @@ def keys_list(data_dir: DataDir = None) -> None:
     for k in list_keys(_db(data_dir)):
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
-        typer.echo(f"{k.id}  {k.prefix}…  {k.name:<16} {state:<18} last used {used}  "
-                   f"workspace {k.workspace_id}")
+        typer.echo(
+            f"{k.id}  {k.prefix}…  {k.name:<16} {state:<18} last used {used}  "
+            f"workspace {k.workspace_id}"
+        )
 
 
 @keys_app.command("revoke")
@@ -173,8 +187,9 @@ def _client() -> httpx.Client:
     key = os.environ.get("FLOWY_KEY")
     if not api or not key:
         _fail("set FLOWY_API and FLOWY_KEY (flowy serve prints both on first start)")
-    return httpx.Client(base_url=str(api).rstrip("/"), timeout=30,
-                        headers={"Authorization": f"Bearer {key}"})
+    return httpx.Client(
+        base_url=str(api).rstrip("/"), timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def _call(method: str, path: str, **kwargs: Any) -> Any:
@@ -183,8 +198,7 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
             res = c.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             _fail(f"cannot reach {c.base_url}: {exc}")
-    body = res.json() if res.headers.get("content-type", "").startswith("application/json") \
-        else {}
+    body = res.json() if res.headers.get("content-type", "").startswith("application/json") else {}
     if res.status_code >= 400:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         _fail(f"{res.status_code} {err.get('code', '')}: {err.get('message', res.text)}")
@@ -193,8 +207,12 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
 
 @apps_app.command("create")
 def apps_create(
-    file: Annotated[Path, typer.Argument(help="App JSON: {title, workflow, ...} or a bare "
-                                              "workflow {nodes: [...]}", exists=True)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="App JSON: {title, workflow, ...} or a bare workflow {nodes: [...]}", exists=True
+        ),
+    ],
     title: Annotated[str | None, typer.Option(help="Title (overrides the file's).")] = None,
     publish: Annotated[bool, typer.Option(help="Publish it so it can be run.")] = True,
 ) -> None:
@@ -210,11 +228,15 @@ def apps_create(
     doc["title"] = title or doc.get("title") or file.stem
     doc["published"] = publish
     data = _call("POST", "/apps", json=doc)
-    typer.echo(f"created app {data['id']} \"{data['title']}\" (version {data['version']}, "
-               f"{'published' if data['published'] else 'draft'})")
+    typer.echo(
+        f'created app {data["id"]} "{data["title"]}" (version {data["version"]}, '
+        f"{'published' if data['published'] else 'draft'})"
+    )
     for i in data["inputs"]:
-        typer.echo(f"  input  {i['nodeId']:<10} {i['kind']:<10} {i['label']}"
-                   f"{' (required)' if i['required'] else ''}")
+        typer.echo(
+            f"  input  {i['nodeId']:<10} {i['kind']:<10} {i['label']}"
+            f"{' (required)' if i['required'] else ''}"
+        )
     for o in data["outputs"]:
         typer.echo(f"  output {o['nodeId']:<10} {o['outputType']:<10} {o['label']}")
 

@@ -151,8 +151,15 @@ class WorkflowExecutor:
         def start(nid: str) -> None:
             b = workflow.nodes[nid]
             kwargs = {name: values[w.node][w.port] for name, w in b.wires.items()}
-            ctx = _Context(request.run_id, nid, request.inputs.get(nid), request.media,
-                           request.max_pixels, request.token, sink)
+            ctx = _Context(
+                request.run_id,
+                nid,
+                request.inputs.get(nid),
+                request.media,
+                request.max_pixels,
+                request.token,
+                sink,
+            )
             timeout = b.type.timeout_seconds or request.node_timeout
             sink.node_started(nid)
             fut = self._pool.submit(b.type.run, ctx, b.params, **kwargs)
@@ -163,8 +170,7 @@ class WorkflowExecutor:
                 waiting.extend(sorter.get_ready())
                 while waiting and len(running) < self._concurrency:
                     start(waiting.pop(0))
-                done, _ = wait(list(running), timeout=WATCH_INTERVAL,
-                               return_when=FIRST_COMPLETED)
+                done, _ = wait(list(running), timeout=WATCH_INTERVAL, return_when=FIRST_COMPLETED)
                 for fut in done:
                     nid, _deadline = running.pop(fut)
                     b = workflow.nodes[nid]
@@ -174,8 +180,9 @@ class WorkflowExecutor:
                     result = fut.result()
                     missing = set(b.type.outputs) - set(result)
                     if missing:
-                        raise self._fail(b, NodeError(f"node gave no {sorted(missing)} output"),
-                                         sink)
+                        raise self._fail(
+                            b, NodeError(f"node gave no {sorted(missing)} output"), sink
+                        )
                     values[nid] = result
                     if b.type.output_kind:
                         outputs[nid] = result.get("value")

@@ -103,8 +103,11 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
     except ValidationError as exc:
         raise GraphInvalid(
             [
-                Issue("invalid_workflow", e["msg"],
-                      field=f"workflow.{_loc(e)}" if e["loc"] else "workflow")
+                Issue(
+                    "invalid_workflow",
+                    e["msg"],
+                    field=f"workflow.{_loc(e)}" if e["loc"] else "workflow",
+                )
                 for e in exc.errors()
             ]
         ) from None
@@ -131,12 +134,16 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
         except ValidationError as exc:
             for e in exc.errors():
                 issues.append(
-                    Issue("invalid_param", f"param {_loc(e)}: {e['msg']}" if e["loc"]
-                          else f"params: {e['msg']}", node=nd.id)
+                    Issue(
+                        "invalid_param",
+                        f"param {_loc(e)}: {e['msg']}" if e["loc"] else f"params: {e['msg']}",
+                        node=nd.id,
+                    )
                 )
             continue
-        bound[nd.id] = BoundNode(nd.id, nt, nd.label or _default_label(nt, params), params,
-                                 dict(nd.inputs))
+        bound[nd.id] = BoundNode(
+            nd.id, nt, nd.label or _default_label(nt, params), params, dict(nd.inputs)
+        )
 
     for b in bound.values():
         issues.extend(_check_wires(b, seen, bound))
@@ -157,8 +164,9 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
         raise GraphInvalid(issues)
 
     inputs = tuple(
-        AppInput(b.id, b.label, b.type.input_kind, bool(getattr(b.params, "required", False)),
-                 b.params)
+        AppInput(
+            b.id, b.label, b.type.input_kind, bool(getattr(b.params, "required", False)), b.params
+        )
         for b in (bound[n] for n in order)
         if b.type.input_kind
     )
@@ -169,8 +177,9 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
     )
     if not outputs:
         raise GraphInvalid([Issue("no_outputs", "a workflow needs at least one output node")])
-    return Workflow(bound, order, tuple(sorted(inputs, key=_by_id)),
-                    tuple(sorted(outputs, key=_by_id)))
+    return Workflow(
+        bound, order, tuple(sorted(inputs, key=_by_id)), tuple(sorted(outputs, key=_by_id))
+    )
 
 
 def _by_id(x: AppInput | AppOutput) -> tuple[int, str]:
@@ -190,20 +199,19 @@ def _check_wires(
     issues: list[Issue] = []
     for name, port in b.type.inputs.items():
         if name not in b.wires and not port.optional:
-            issues.append(
-                Issue("missing_input", f"input {name!r} is not connected", node=b.id)
-            )
+            issues.append(Issue("missing_input", f"input {name!r} is not connected", node=b.id))
     for name, wire in b.wires.items():
-        port = b.type.inputs.get(name)
-        if port is None:
-            issues.append(
-                Issue("unknown_port", f"{b.type.type} has no input {name!r}", node=b.id)
-            )
+        wired = b.type.inputs.get(name)
+        if wired is None:
+            issues.append(Issue("unknown_port", f"{b.type.type} has no input {name!r}", node=b.id))
             continue
         if wire.node not in defs:
             issues.append(
-                Issue("dangling_wire", f"input {name!r} is wired to unknown node "
-                      f"{wire.node!r}", node=b.id)
+                Issue(
+                    "dangling_wire",
+                    f"input {name!r} is wired to unknown node {wire.node!r}",
+                    node=b.id,
+                )
             )
             continue
         src = bound.get(wire.node)
@@ -212,12 +220,20 @@ def _check_wires(
         out = src.type.outputs.get(wire.port)
         if out is None:
             issues.append(
-                Issue("unknown_port", f"input {name!r} is wired to {wire.node}.{wire.port}, "
-                      f"but {src.type.type} has no output {wire.port!r}", node=b.id)
+                Issue(
+                    "unknown_port",
+                    f"input {name!r} is wired to {wire.node}.{wire.port}, "
+                    f"but {src.type.type} has no output {wire.port!r}",
+                    node=b.id,
+                )
             )
-        elif not port.accepts(out):
+        elif not wired.accepts(out):
             issues.append(
-                Issue("type_mismatch", f"input {name!r} takes {port.type} but "
-                      f"{wire.node}.{wire.port} gives {out.type}", node=b.id)
+                Issue(
+                    "type_mismatch",
+                    f"input {name!r} takes {wired.type} but "
+                    f"{wire.node}.{wire.port} gives {out.type}",
+                    node=b.id,
+                )
             )
     return issues

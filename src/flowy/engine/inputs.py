@@ -140,22 +140,40 @@ def check_run_inputs(
     for key in inputs:
         if key not in by_id:
             known = ", ".join(by_id) or "none"
-            issues.append(Issue("unknown_input", f"no input with nodeId {key!r} "
-                                f"(inputs: {known})", field=f"inputs.{key}", node=str(key)))
+            issues.append(
+                Issue(
+                    "unknown_input",
+                    f"no input with nodeId {key!r} (inputs: {known})",
+                    field=f"inputs.{key}",
+                    node=str(key),
+                )
+            )
     resolved: dict[str, object] = {}
     for node_id, spec in by_id.items():
         value = inputs.get(node_id)
         if value is None:
             default = getattr(spec.params, "default", None)
             if default is None and spec.required:
-                issues.append(Issue("required", f"{spec.label!r} ({spec.kind}) is required",
-                                    field=f"inputs.{node_id}", node=node_id))
+                issues.append(
+                    Issue(
+                        "required",
+                        f"{spec.label!r} ({spec.kind}) is required",
+                        field=f"inputs.{node_id}",
+                        node=node_id,
+                    )
+                )
             resolved[node_id] = default
             continue
         problem = _CHECKS[spec.kind](spec.params, value, media_check)
         if problem:
-            issues.append(Issue("invalid_value", f"{spec.label!r} ({spec.kind}) {problem}",
-                                field=f"inputs.{node_id}", node=node_id))
+            issues.append(
+                Issue(
+                    "invalid_value",
+                    f"{spec.label!r} ({spec.kind}) {problem}",
+                    field=f"inputs.{node_id}",
+                    node=node_id,
+                )
+            )
         resolved[node_id] = value
     if issues:
         raise ValidationFailed(issues)

@@ -11,6 +11,7 @@ way, with :func:`node`, and a :class:`~flowy.engine.registry.NodeRegistry` colle
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -103,7 +104,7 @@ class NodeType:
     category: str
     description: str
     run: NodeFunction
-    params: type[BaseModel] = NoParams
+    params: builtins.type[BaseModel] = NoParams
     inputs: Mapping[str, Port] = field(default_factory=dict)
     outputs: Mapping[str, Port] = field(default_factory=dict)
     version: str = "1"

@@ -25,8 +25,14 @@ class ResizeParams(BaseModel):
     method: Literal["lanczos", "bicubic", "bilinear", "nearest"] = "lanczos"
 
 
-@node("image.resize", title="Resize", category="image", params=ResizeParams,
-      inputs={"image": Port("image")}, outputs={"image": Port("image")})
+@node(
+    "image.resize",
+    title="Resize",
+    category="image",
+    params=ResizeParams,
+    inputs={"image": Port("image")},
+    outputs={"image": Port("image")},
+)
 def resize(ctx: NodeContext, params: ResizeParams, image: Image.Image) -> dict[str, object]:
     """Resize an image to exactly width × height."""
     return {"image": image.resize((params.width, params.height), _RESAMPLE[params.method])}
@@ -37,8 +43,15 @@ class DelayParams(BaseModel):
     seconds: float = Field(1.0, ge=0, le=3600, description="How long to wait.")
 
 
-@node("util.delay", title="Delay", category="utility", params=DelayParams,
-      inputs={"value": Port("any")}, outputs={"value": Port("any")}, deterministic=False)
+@node(
+    "util.delay",
+    title="Delay",
+    category="utility",
+    params=DelayParams,
+    inputs={"value": Port("any")},
+    outputs={"value": Port("any")},
+    deterministic=False,
+)
 def delay(ctx: NodeContext, params: DelayParams, value: object) -> dict[str, object]:
     """Pass a value through after waiting (pacing calls to rate-limited services)."""
     end = time.monotonic() + params.seconds

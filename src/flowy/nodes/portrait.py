@@ -39,8 +39,10 @@ def _hex_color(value: str) -> tuple[int, int, int]:
 
 class BackdropParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    color: str = Field("#%02x%02x%02x" % vision.NEUTRAL_GREY,
-                       description="Backdrop colour (hex) unless the style names one.")
+    color: str = Field(
+        "#{:02x}{:02x}{:02x}".format(*vision.NEUTRAL_GREY),
+        description="Backdrop colour (hex) unless the style names one.",
+    )
 
     @field_validator("color")
     @classmethod
@@ -49,18 +51,31 @@ class BackdropParams(BaseModel):
         return v
 
 
-@node("image.detect_faces", title="Detect faces", category="image",
-      params=DetectParams, inputs={"image": Port("image")},
-      outputs={"faces": Port("json", "Boxes {x, y, width, height, score}, largest first"),
-               "count": Port("number")})
+@node(
+    "image.detect_faces",
+    title="Detect faces",
+    category="image",
+    params=DetectParams,
+    inputs={"image": Port("image")},
+    outputs={
+        "faces": Port("json", "Boxes {x, y, width, height, score}, largest first"),
+        "count": Port("number"),
+    },
+)
 def detect_faces(ctx: NodeContext, params: DetectParams, image: Image.Image) -> dict[str, object]:
     """Find faces in an image (mediapipe full-range detector)."""
     faces = vision.detect_faces(image, min_score=params.min_score)
     return {"faces": [f.to_dict() for f in faces], "count": len(faces)}
 
 
-@node("image.face_crop", title="Crop to face", category="image", params=FaceCropParams,
-      inputs={"image": Port("image")}, outputs={"image": Port("image")})
+@node(
+    "image.face_crop",
+    title="Crop to face",
+    category="image",
+    params=FaceCropParams,
+    inputs={"image": Port("image")},
+    outputs={"image": Port("image")},
+)
 def face_crop(ctx: NodeContext, params: FaceCropParams, image: Image.Image) -> dict[str, object]:
     """Crop head and shoulders around the largest face to a portrait frame.
 
@@ -70,17 +85,25 @@ def face_crop(ctx: NodeContext, params: FaceCropParams, image: Image.Image) -> d
     if not faces:
         raise NodeError("no face found in the photo; use a photo where a face is visible")
     ctx.check_canceled()
-    return {"image": vision.portrait_crop(image, faces[0], width=params.width,
-                                          height=params.height)}
+    return {
+        "image": vision.portrait_crop(image, faces[0], width=params.width, height=params.height)
+    }
 
 
-@node("image.studio_backdrop", title="Studio backdrop", category="image",
-      params=BackdropParams,
-      inputs={"image": Port("image"),
-              "style": Port("text", "May name a backdrop colour", optional=True)},
-      outputs={"image": Port("image")})
-def studio_backdrop(ctx: NodeContext, params: BackdropParams, image: Image.Image,
-                    style: str | None = None) -> dict[str, object]:
+@node(
+    "image.studio_backdrop",
+    title="Studio backdrop",
+    category="image",
+    params=BackdropParams,
+    inputs={
+        "image": Port("image"),
+        "style": Port("text", "May name a backdrop colour", optional=True),
+    },
+    outputs={"image": Port("image")},
+)
+def studio_backdrop(
+    ctx: NodeContext, params: BackdropParams, image: Image.Image, style: str | None = None
+) -> dict[str, object]:
     """Replace the background behind the person with a soft studio backdrop."""
     color = style_mod.parse_style(style).backdrop or _hex_color(params.color)
     mask = vision.person_mask(image)
@@ -89,12 +112,19 @@ def studio_backdrop(ctx: NodeContext, params: BackdropParams, image: Image.Image
     return {"image": vision.replace_background(image, mask, backdrop)}
 
 
-@node("image.style", title="Light and colour", category="image",
-      inputs={"image": Port("image"), "style": Port("text", "e.g. 'warm, soft light'",
-                                                      optional=True)},
-      outputs={"image": Port("image")})
-def style(ctx: NodeContext, params: BaseModel, image: Image.Image,
-          style: str | None = None) -> dict[str, object]:
+@node(
+    "image.style",
+    title="Light and colour",
+    category="image",
+    inputs={
+        "image": Port("image"),
+        "style": Port("text", "e.g. 'warm, soft light'", optional=True),
+    },
+    outputs={"image": Port("image")},
+)
+def style(
+    ctx: NodeContext, params: BaseModel, image: Image.Image, style: str | None = None
+) -> dict[str, object]:
     """Adjust light and colour by the phrases of a style text it understands
     (studio lighting, soft, dramatic, warm, cool, vivid, muted, black and white, ...)."""
     return {"image": style_mod.apply_style(image, style_mod.parse_style(style))}

@@ -8,6 +8,7 @@ from threading import Lock
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from flowy.db.models import App, AppVersion, utcnow
 from flowy.db.session import Database
@@ -49,11 +50,16 @@ class AppDetail:
 
 def _check_title(title: object, issues: list[Issue]) -> None:
     if not isinstance(title, str) or not title.strip() or len(title) > 200:
-        issues.append(Issue("invalid_value", "must be a non-empty string of at most 200 "
-                            "characters", field="title"))
+        issues.append(
+            Issue(
+                "invalid_value",
+                "must be a non-empty string of at most 200 characters",
+                field="title",
+            )
+        )
 
 
-def _load(s: Any, workspace_id: str, app_id: str) -> App:
+def _load(s: Session, workspace_id: str, app_id: str) -> App:
     app = s.get(App, app_id) if is_id(app_id) else None
     if app is None or app.workspace_id != workspace_id or app.deleted_at is not None:
         raise NotFound(f"app {app_id} not found")
@@ -67,8 +73,11 @@ class AppService:
 
     def list(self, workspace_id: str) -> list[App]:
         with self.db.read() as s:
-            q = (select(App).where(App.workspace_id == workspace_id, App.deleted_at.is_(None))
-                 .order_by(App.created_at, App.id))
+            q = (
+                select(App)
+                .where(App.workspace_id == workspace_id, App.deleted_at.is_(None))
+                .order_by(App.created_at, App.id)
+            )
             return list(s.scalars(q))
 
     def get(self, workspace_id: str, app_id: str) -> AppDetail:
@@ -79,8 +88,15 @@ class AppService:
             assert version is not None
         return AppDetail(app, version, self.workflows.get(version.id, version.workflow))
 
-    def create(self, workspace_id: str, *, title: object, workflow: object,
-               description: str = "", published: bool = False) -> AppDetail:
+    def create(
+        self,
+        workspace_id: str,
+        *,
+        title: object,
+        workflow: object,
+        description: str = "",
+        published: bool = False,
+    ) -> AppDetail:
         """Validate the workflow and store the app with version 1."""
         issues: list[Issue] = []
         _check_title(title, issues)
@@ -89,8 +105,12 @@ class AppService:
         wf = parse_workflow(workflow, self.workflows.registry)
         assert isinstance(workflow, dict) and isinstance(title, str)
         with self.db.write() as s:
-            app = App(workspace_id=workspace_id, title=title.strip(), description=description,
-                      published=published)
+            app = App(
+                workspace_id=workspace_id,
+                title=title.strip(),
+                description=description,
+                published=published,
+            )
             s.add(app)
             s.flush()
             version = AppVersion(app_id=app.id, number=1, workflow=workflow)
@@ -99,9 +119,16 @@ class AppService:
             app.current_version_id = version.id
         return AppDetail(app, version, wf)
 
-    def update(self, workspace_id: str, app_id: str, *, title: object = None,
-               description: str | None = None, workflow: object = None,
-               published: bool | None = None) -> AppDetail:
+    def update(
+        self,
+        workspace_id: str,
+        app_id: str,
+        *,
+        title: object = None,
+        description: str | None = None,
+        workflow: object = None,
+        published: bool | None = None,
+    ) -> AppDetail:
         """Change an app; a new workflow becomes a new version (runs in flight keep theirs)."""
         issues: list[Issue] = []
         if title is not None:
@@ -119,8 +146,10 @@ class AppService:
                 app.published = published
             if wf is not None:
                 assert isinstance(workflow, dict)
-                number = s.scalar(select(func.max(AppVersion.number))
-                                  .where(AppVersion.app_id == app.id)) or 0
+                number = (
+                    s.scalar(select(func.max(AppVersion.number)).where(AppVersion.app_id == app.id))
+                    or 0
+                )
                 version = AppVersion(app_id=app.id, number=number + 1, workflow=workflow)
                 s.add(version)
                 s.flush()

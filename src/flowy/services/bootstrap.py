@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from flowy.db.session import Database
 from flowy.services.apps import AppService
 from flowy.services.keys import create_key, create_workspace, first_workspace
-from flowy.db.session import Database
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,12 @@ def bootstrap(db: Database, apps: AppService) -> Bootstrapped:
         return Bootstrapped(existing, None)
     workspace_id = create_workspace(db, "Default workspace")
     for doc in example_apps():
-        apps.create(workspace_id, title=doc["title"], workflow=doc["workflow"],
-                    description=str(doc.get("description", "")),
-                    published=bool(doc.get("published", True)))
+        apps.create(
+            workspace_id,
+            title=doc["title"],
+            workflow=doc["workflow"],
+            description=str(doc.get("description", "")),
+            published=bool(doc.get("published", True)),
+        )
     _info, key = create_key(db, workspace_id, "default")
     return Bootstrapped(workspace_id, key)

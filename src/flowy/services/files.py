@@ -45,6 +45,11 @@ def sniff_content_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
 @dataclass(frozen=True)
 class SignedLink:
     url: str
@@ -52,21 +57,36 @@ class SignedLink:
 
 
 class FileService:
-    def __init__(self, db: Database, blobs: BlobStore, signer: UrlSigner, base_url: str,
-                 ttl_seconds: int) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, signer: UrlSigner, base_url: str, ttl_seconds: int
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self.ttl = ttl_seconds
 
-    def store(self, workspace_id: str, data: bytes, *, filename: str, kind: str,
-              content_type: str | None = None, run_id: str | None = None) -> Asset:
+    def store(
+        self,
+        workspace_id: str,
+        data: bytes,
+        *,
+        filename: str,
+        kind: str,
+        content_type: str | None = None,
+        run_id: str | None = None,
+    ) -> Asset:
         """Keep ``data`` (content-addressed) and record it as an asset of the workspace."""
         key = self.blobs.put(data)
-        asset = Asset(workspace_id=workspace_id, kind=kind, key=key, size=len(data),
-                      content_type=content_type or sniff_content_type(data),
-                      filename=filename, run_id=run_id)
+        asset = Asset(
+            workspace_id=workspace_id,
+            kind=kind,
+            key=key,
+            size=len(data),
+            content_type=content_type or sniff_content_type(data),
+            filename=filename,
+            run_id=run_id,
+        )
         with self.db.write() as s:
             s.add(asset)
         return asset
@@ -76,8 +96,9 @@ class FileService:
         url, expires = self.signer.signed_url(self.base_url, path, self.ttl)
         return SignedLink(url, expires)
 
-    def open(self, asset_id: str, filename: str, expires: str | None,
-             signature: str | None) -> tuple[Asset, bytes]:
+    def open(
+        self, asset_id: str, filename: str, expires: str | None, signature: str | None
+    ) -> tuple[Asset, bytes]:
         """The asset behind a signed link; Forbidden for any bad or expired link."""
         path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"
         self.signer.verify("GET", path, expires, signature)
@@ -107,7 +128,7 @@ class FileService:
         if not url.startswith(self.base_url + FILES_PREFIX):
             return None
         parts = urlsplit(url)
-        rest = parts.path[len(FILES_PREFIX):]
+        rest = parts.path[len(FILES_PREFIX) :]
         asset_id, _, filename = rest.partition("/")
         return asset_id, filename, parse_qs(parts.query)
 
@@ -129,13 +150,17 @@ class FileService:
             return None
         asset_id, filename, query = own
         try:
-            self.signer.verify("GET", FILES_PREFIX + asset_id + "/" + filename,
-                               (query.get("expires") or [None])[0],
-                               (query.get("signature") or [None])[0],
-                               allow_expired=allow_expired)
+            self.signer.verify(
+                "GET",
+                FILES_PREFIX + asset_id + "/" + filename,
+                _first(query, "expires"),
+                _first(query, "signature"),
+                allow_expired=allow_expired,
+            )
         except Forbidden:
-            raise MediaError("the file link is invalid or has expired; upload the file "
-                             "again") from None
+            raise MediaError(
+                "the file link is invalid or has expired; upload the file again"
+            ) from None
         asset = self._asset(asset_id)
         if asset is None or asset.workspace_id != workspace_id:
             raise MediaError("the file link points to a file that does not exist")

@@ -39,8 +39,9 @@ class KeyInfo:
 
 
 def _info(k: ApiKey) -> KeyInfo:
-    return KeyInfo(k.id, k.workspace_id, k.name, k.prefix, k.created_at, k.last_used_at,
-                   k.revoked_at)
+    return KeyInfo(
+        k.id, k.workspace_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+    )
 
 
 def create_workspace(db: Database, name: str) -> str:
@@ -62,8 +63,12 @@ def create_key(db: Database, workspace_id: str, name: str = "default") -> tuple[
     with db.write() as s:
         if s.get(Workspace, workspace_id) is None:
             raise NotFound(f"workspace {workspace_id} not found")
-        row = ApiKey(workspace_id=workspace_id, name=name, prefix=key[: len(KEY_PREFIX) + 4],
-                     key_hash=hash_key(key))
+        row = ApiKey(
+            workspace_id=workspace_id,
+            name=name,
+            prefix=key[: len(KEY_PREFIX) + 4],
+            key_hash=hash_key(key),
+        )
         s.add(row)
         s.flush()
         return _info(row), key
@@ -99,8 +104,9 @@ def authenticate(db: Database, authorization: str | None) -> str:
     digest = hash_key(token)
     with db.read() as s:
         row = s.execute(
-            select(ApiKey.id, ApiKey.workspace_id, ApiKey.revoked_at, ApiKey.last_used_at)
-            .where(ApiKey.key_hash == digest)
+            select(ApiKey.id, ApiKey.workspace_id, ApiKey.revoked_at, ApiKey.last_used_at).where(
+                ApiKey.key_hash == digest
+            )
         ).first()
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked API key")

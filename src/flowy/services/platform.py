@@ -40,9 +40,13 @@ class Platform:
         db = Database(settings.sqlalchemy_url)
         registry = registry or default_registry()
         workflows = WorkflowCache(registry)
-        files = FileService(db, LocalBlobStore(settings.storage_dir),
-                            UrlSigner(settings.signing_key()), settings.base_url,
-                            settings.media.url_ttl_seconds)
+        files = FileService(
+            db,
+            LocalBlobStore(settings.storage_dir),
+            UrlSigner(settings.signing_key()),
+            settings.base_url,
+            settings.media.url_ttl_seconds,
+        )
         apps = AppService(db, workflows)
         workers = LocalWorkerPool(settings, db, workflows, files)
         runs = RunService(db, apps, files, workers.enqueue)
@@ -70,8 +74,10 @@ class Platform:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise FlowyError(f"another Flowy process is using {self.settings.data_dir}; "
-                             "stop it or pick another FLOWY_DATA_DIR") from None
+            raise FlowyError(
+                f"another Flowy process is using {self.settings.data_dir}; "
+                "stop it or pick another FLOWY_DATA_DIR"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

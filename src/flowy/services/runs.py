@@ -29,8 +29,9 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 class RunService:
-    def __init__(self, db: Database, apps: AppService, files: FileService,
-                 enqueue: Callable[[str], None]) -> None:
+    def __init__(
+        self, db: Database, apps: AppService, files: FileService, enqueue: Callable[[str], None]
+    ) -> None:
         self.db = db
         self.apps = apps
         self.files = files
@@ -46,29 +47,46 @@ class RunService:
         if not detail.app.published:
             raise Conflict(f"app {app_id} is not published; publish it before running it")
         if not isinstance(body, Mapping):
-            raise ValidationFailed([Issue("invalid_type", "the body must be a JSON object",
-                                          field="body")])
-        issues = [Issue("unknown_field", f"unknown field {k!r}", field=str(k))
-                  for k in body if k not in RUN_BODY_FIELDS]
+            raise ValidationFailed(
+                [Issue("invalid_type", "the body must be a JSON object", field="body")]
+            )
+        issues = [
+            Issue("unknown_field", f"unknown field {k!r}", field=str(k))
+            for k in body
+            if k not in RUN_BODY_FIELDS
+        ]
         if "inputs" not in body:
-            issues.append(Issue("required", "'inputs' is required: an object of nodeId -> "
-                                "value", field="inputs"))
+            issues.append(
+                Issue(
+                    "required", "'inputs' is required: an object of nodeId -> value", field="inputs"
+                )
+            )
         inputs: dict[str, object] = {}
         if "inputs" in body:
             try:
-                inputs = check_run_inputs(detail.workflow, body["inputs"],
-                                          lambda url: self.files.check_link(url, workspace_id))
+                inputs = check_run_inputs(
+                    detail.workflow,
+                    body["inputs"],
+                    lambda url: self.files.check_link(url, workspace_id),
+                )
             except ValidationFailed as exc:
                 issues.extend(exc.issues)
         if issues:
             raise ValidationFailed(issues)
-        run = Run(workspace_id=workspace_id, app_id=detail.app.id, version_id=detail.version.id,
-                  status=RunStatus.QUEUED, inputs=inputs, outputs=[],
-                  nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order})
+        run = Run(
+            workspace_id=workspace_id,
+            app_id=detail.app.id,
+            version_id=detail.version.id,
+            status=RunStatus.QUEUED,
+            inputs=inputs,
+            outputs=[],
+            nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order},
+        )
         with self.db.write() as s:
             s.add(run)
-            s.execute(update(App).where(App.id == detail.app.id)
-                      .values(run_count=App.run_count + 1))
+            s.execute(
+                update(App).where(App.id == detail.app.id).values(run_count=App.run_count + 1)
+            )
         self.enqueue(run.id)
         return run
 

@@ -50,33 +50,56 @@ def claim(s: Session, run_id: str, owner: str, lease: timedelta) -> bool:
     res = s.execute(
         update(Run)
         .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-        .values(status=RunStatus.RUNNING, lease_owner=owner, lease_expires_at=now + lease,
-                attempt=Run.attempt + 1, started_at=now)
+        .values(
+            status=RunStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempt=Run.attempt + 1,
+            started_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
-    return res.rowcount == 1  # type: ignore[attr-defined]
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def fenced_update(s: Session, run_id: str, owner: str, attempt: int, **values: Any) -> bool:
     """Write to a running run only while ``owner`` still holds this attempt's lease."""
     res = s.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.lease_owner == owner,
-               Run.attempt == attempt)
+        .where(
+            Run.id == run_id,
+            Run.status == RunStatus.RUNNING,
+            Run.lease_owner == owner,
+            Run.attempt == attempt,
+        )
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return res.rowcount == 1  # type: ignore[attr-defined]
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def finish(s: Session, run_id: str, owner: str, attempt: int, status: RunStatus, *,
-           outputs: list[Any] | None = None, error: str | None = None,
-           error_node: str | None = None, nodes: dict[str, Any] | None = None) -> bool:
+def finish(
+    s: Session,
+    run_id: str,
+    owner: str,
+    attempt: int,
+    status: RunStatus,
+    *,
+    outputs: list[Any] | None = None,
+    error: str | None = None,
+    error_node: str | None = None,
+    nodes: dict[str, Any] | None = None,
+) -> bool:
     """running -> completed/failed/canceled, fenced.  False if the lease was lost."""
     assert status in TERMINAL and status in ALLOWED[RunStatus.RUNNING]
-    values: dict[str, Any] = {"status": status, "completed_at": utcnow(), "lease_owner": None,
-                              "lease_expires_at": None, "error": error,
-                              "error_node": error_node}
+    values: dict[str, Any] = {
+        "status": status,
+        "completed_at": utcnow(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "error": error,
+        "error_node": error_node,
+    }
     if outputs is not None:
         values["outputs"] = outputs
     if nodes is not None:
@@ -102,9 +125,12 @@ def requeue_expired(s: Session, now: datetime, max_attempts: int) -> tuple[list[
         s.execute(
             update(Run)
             .where(Run.id.in_(failed), Run.status == RunStatus.QUEUED)
-            .values(status=RunStatus.FAILED, completed_at=now,
-                    error=f"the run was interrupted {max_attempts} times (its worker "
-                          "stopped or lost its lease) and was given up")
+            .values(
+                status=RunStatus.FAILED,
+                completed_at=now,
+                error=f"the run was interrupted {max_attempts} times (its worker "
+                "stopped or lost its lease) and was given up",
+            )
             .execution_options(synchronize_session=False)
         )
     return requeued, failed

@@ -33,14 +33,16 @@ logger = logging.getLogger(__name__)
 class LocalWorkerPool:
     """Runs queued runs on threads of this process."""
 
-    def __init__(self, settings: Settings, db: Database, workflows: WorkflowCache,
-                 files: FileService) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, workflows: WorkflowCache, files: FileService
+    ) -> None:
         self.settings = settings
         self.db = db
         w = settings.worker
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
-        self._node_pool = ThreadPoolExecutor(max_workers=w.concurrency * w.node_concurrency,
-                                             thread_name_prefix="flowy-node")
+        self._node_pool = ThreadPoolExecutor(
+            max_workers=w.concurrency * w.node_concurrency, thread_name_prefix="flowy-node"
+        )
         executor = WorkflowExecutor(self._node_pool, concurrency=w.node_concurrency)
         self.processor = RunProcessor(settings, db, workflows, files, executor, self.owner)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -55,8 +57,10 @@ class LocalWorkerPool:
         self.recover()
         for i in range(self.settings.worker.concurrency):
             self._spawn(self._work, f"flowy-worker-{i}")
-        self._spawn(self._every(self.settings.worker.heartbeat_seconds,
-                                self.processor.renew_leases), "flowy-heartbeat")
+        self._spawn(
+            self._every(self.settings.worker.heartbeat_seconds, self.processor.renew_leases),
+            "flowy-heartbeat",
+        )
         self._spawn(self._every(self.settings.worker.sweep_seconds, self.sweep), "flowy-sweeper")
 
     def _spawn(self, target: object, name: str) -> None:
@@ -69,13 +73,21 @@ class LocalWorkerPool:
         still ``running`` at start-up belongs to a process that died: expire its lease now
         rather than waiting it out, then sweep and queue every queued run."""
         with self.db.write() as s:
-            s.execute(update(Run).where(Run.status == RunStatus.RUNNING)
-                      .values(lease_expires_at=utcnow() - timedelta(seconds=1))
-                      .execution_options(synchronize_session=False))
+            s.execute(
+                update(Run)
+                .where(Run.status == RunStatus.RUNNING)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                .execution_options(synchronize_session=False)
+            )
         self.sweep(enqueue=False)
         with self.db.read() as s:
-            ids = list(s.scalars(select(Run.id).where(Run.status == RunStatus.QUEUED)
-                                 .order_by(Run.created_at, Run.id)))
+            ids = list(
+                s.scalars(
+                    select(Run.id)
+                    .where(Run.status == RunStatus.QUEUED)
+                    .order_by(Run.created_at, Run.id)
+                )
+            )
         if ids:
             logger.info("recovered %d queued run(s)", len(ids))
         for run_id in ids:
@@ -109,6 +121,7 @@ class LocalWorkerPool:
                     fn()  # type: ignore[operator]
                 except Exception:
                     logger.exception("background task %s failed", getattr(fn, "__name__", fn))
+
         return loop
 
     def stop(self) -> None:
@@ -121,10 +134,16 @@ class LocalWorkerPool:
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
         with self.db.write() as s:
-            s.execute(update(Run)
-                      .where(Run.status == RunStatus.RUNNING, Run.lease_owner == self.owner)
-                      .values(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                              # A hand-back on shutdown is not a failed attempt.
-                              attempt=Run.attempt - 1)
-                      .execution_options(synchronize_session=False))
+            s.execute(
+                update(Run)
+                .where(Run.status == RunStatus.RUNNING, Run.lease_owner == self.owner)
+                .values(
+                    status=RunStatus.QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    # A hand-back on shutdown is not a failed attempt.
+                    attempt=Run.attempt - 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
         self._node_pool.shutdown(wait=False, cancel_futures=True)

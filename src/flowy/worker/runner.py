@@ -47,23 +47,32 @@ class RunSink:
         self._t0: dict[str, float] = {}
         self._last_progress: dict[str, float] = {}
         self.states: dict[str, dict[str, Any]] = {
-            nid: {"type": workflow.nodes[nid].type.type, "label": workflow.nodes[nid].label,
-                  "status": NodeStatus.PENDING}
+            nid: {
+                "type": workflow.nodes[nid].type.type,
+                "label": workflow.nodes[nid].label,
+                "status": NodeStatus.PENDING,
+            }
             for nid in workflow.order
         }
 
     def _flush(self) -> None:
         with self.db.write() as s:
-            ok = fenced_update(s, self.run_id, self.owner, self.attempt,
-                               nodes={k: dict(v) for k, v in self.states.items()})
+            ok = fenced_update(
+                s,
+                self.run_id,
+                self.owner,
+                self.attempt,
+                nodes={k: dict(v) for k, v in self.states.items()},
+            )
         if not ok:
             self.lost = True
 
     def node_started(self, node_id: str) -> None:
         with self._lock:
             self._t0[node_id] = time.perf_counter()
-            self.states[node_id].update(status=NodeStatus.RUNNING, startedAt=_iso_now(),
-                                        progress=0.0)
+            self.states[node_id].update(
+                status=NodeStatus.RUNNING, startedAt=_iso_now(), progress=0.0
+            )
             self._flush()
 
     def node_progress(self, node_id: str, fraction: float) -> None:
@@ -101,8 +110,15 @@ class RunSink:
 class RunProcessor:
     """Executes runs for one worker identity (``owner``)."""
 
-    def __init__(self, settings: Settings, db: Database, workflows: WorkflowCache,
-                 files: FileService, executor: WorkflowExecutor, owner: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        workflows: WorkflowCache,
+        files: FileService,
+        executor: WorkflowExecutor,
+        owner: str,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.workflows = workflows
@@ -112,9 +128,12 @@ class RunProcessor:
         self.active: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
         m = settings.media
-        self.policy = FetchPolicy(allow_private=settings.private_urls_allowed(),
-                                  max_bytes=m.max_bytes, timeout=m.fetch_timeout_seconds,
-                                  max_redirects=m.max_redirects)
+        self.policy = FetchPolicy(
+            allow_private=settings.private_urls_allowed(),
+            max_bytes=m.max_bytes,
+            timeout=m.fetch_timeout_seconds,
+            max_redirects=m.max_redirects,
+        )
 
     def process(self, run_id: str) -> None:
         """Run ``run_id`` if this worker wins the claim; otherwise do nothing."""
@@ -135,8 +154,14 @@ class RunProcessor:
         except Exception:
             logger.exception("run %s: internal error", run_id)
             with self.db.write() as s:
-                finish(s, run_id, self.owner, run.attempt, RunStatus.FAILED,
-                       error="internal error while running; see the server log")
+                finish(
+                    s,
+                    run_id,
+                    self.owner,
+                    run.attempt,
+                    RunStatus.FAILED,
+                    error="internal error while running; see the server log",
+                )
         finally:
             with self._lock:
                 self.active.pop(run_id, None)
@@ -145,43 +170,74 @@ class RunProcessor:
         workflow = self.workflows.get(version.id, version.workflow)
         sink = RunSink(self.db, run, self.owner, workflow)
         w = self.settings.worker
-        request = RunRequest(run.id, run.inputs,
-                             RunMedia(self.files, run.workspace_id, self.policy),
-                             max_pixels=self.settings.media.max_pixels,
-                             node_timeout=w.node_timeout_seconds, token=token)
+        request = RunRequest(
+            run.id,
+            run.inputs,
+            RunMedia(self.files, run.workspace_id, self.policy),
+            max_pixels=self.settings.media.max_pixels,
+            node_timeout=w.node_timeout_seconds,
+            token=token,
+        )
         try:
             values = self.executor.execute(workflow, request, sink)
         except RunFailed as failed:
             status = RunStatus.CANCELED if failed.canceled else RunStatus.FAILED
             sink.close_pending(NodeStatus.CANCELED)
             with self.db.write() as s:
-                ok = finish(s, run.id, self.owner, run.attempt, status, error=failed.error,
-                            error_node=failed.node_id, nodes=sink.states)
+                ok = finish(
+                    s,
+                    run.id,
+                    self.owner,
+                    run.attempt,
+                    status,
+                    error=failed.error,
+                    error_node=failed.node_id,
+                    nodes=sink.states,
+                )
             logger.info("run %s %s: %s", run.id, status, failed.error)
         else:
             outputs = self._store_outputs(run, workflow, values)
             with self.db.write() as s:
-                ok = finish(s, run.id, self.owner, run.attempt, RunStatus.COMPLETED,
-                            outputs=outputs, nodes=sink.states)
+                ok = finish(
+                    s,
+                    run.id,
+                    self.owner,
+                    run.attempt,
+                    RunStatus.COMPLETED,
+                    outputs=outputs,
+                    nodes=sink.states,
+                )
             logger.info("run %s completed", run.id)
         if not ok:
             logger.warning("run %s: lease lost before finishing; result dropped", run.id)
 
-    def _store_outputs(self, run: Run, workflow: Workflow,
-                       values: dict[str, object]) -> list[dict[str, Any]]:
+    def _store_outputs(
+        self, run: Run, workflow: Workflow, values: dict[str, object]
+    ) -> list[dict[str, Any]]:
         outputs: list[dict[str, Any]] = []
         for out in workflow.outputs:
             value = values.get(out.node_id)
             if isinstance(value, Artifact):
-                asset = self.files.store(run.workspace_id, value.data, filename=value.filename,
-                                         kind="output", content_type=value.content_type,
-                                         run_id=run.id)
-                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
-                                "assetId": asset.id, "filename": asset.filename,
-                                "contentType": asset.content_type, "size": asset.size})
+                asset = self.files.store(
+                    run.workspace_id,
+                    value.data,
+                    filename=value.filename,
+                    kind="output",
+                    content_type=value.content_type,
+                    run_id=run.id,
+                )
+                outputs.append(
+                    {
+                        "nodeId": out.node_id,
+                        "kind": out.output_type,
+                        "assetId": asset.id,
+                        "filename": asset.filename,
+                        "contentType": asset.content_type,
+                        "size": asset.size,
+                    }
+                )
             else:
-                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
-                                "value": value})
+                outputs.append({"nodeId": out.node_id, "kind": out.output_type, "value": value})
         return outputs
 
     def renew_leases(self) -> None:
