@@ -69,6 +69,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     platform = Platform.build(settings)
     upgrade(settings.sqlalchemy_url)
     api = f"{settings.base_url}/v1"
