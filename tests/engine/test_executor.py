@@ -111,9 +111,17 @@ class Recorder:
         with self._lock:
             self.events.append(("progress", node_id, fraction))
 
-    def node_finished(self, node_id: str, *, error: str | None = None) -> None:
+    def node_finished(
+        self, node_id: str, *, error: str | None = None, cached: bool = False
+    ) -> None:
         with self._lock:
             self.events.append(("finished", node_id, error))
+            if cached:
+                self.events.append(("cached", node_id))
+
+    def node_skipped(self, node_id: str) -> None:
+        with self._lock:
+            self.events.append(("skipped", node_id))
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == kind]

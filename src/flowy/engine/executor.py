@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flowy.engine.graph import BoundNode, Workflow
-from flowy.engine.spec import MediaSource
+from flowy.engine.cache import ResultCache, cache_key, content_key, port_key
+from flowy.engine.spec import SKIP, MediaSource, SecretSource
+from flowy.media.fetch import FetchPolicy
 from flowy.errors import NodeError, NodeTimeout, RunCanceled
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ class EventSink(Protocol):
 
     def node_progress(self, node_id: str, fraction: float) -> None: ...
 
-    def node_finished(self, node_id: str, *, error: str | None = None) -> None: ...
+    def node_finished(
+        self, node_id: str, *, error: str | None = None, cached: bool = False
+    ) -> None: ...
+
+    def node_skipped(self, node_id: str) -> None: ...
 
 
 class NullSink:
@@ -47,7 +53,12 @@ class NullSink:
     def node_progress(self, node_id: str, fraction: float) -> None:
         pass
 
-    def node_finished(self, node_id: str, *, error: str | None = None) -> None:
+    def node_finished(
+        self, node_id: str, *, error: str | None = None, cached: bool = False
+    ) -> None:
+        pass
+
+    def node_skipped(self, node_id: str) -> None:
         pass
 
 
@@ -67,6 +78,13 @@ class CancelToken:
         return self._event.is_set()
 
 
+class NoSecrets:
+    """A secret source with nothing in it."""
+
+    def get(self, name: str) -> str | None:
+        return None
+
+
 @dataclass
 class _Context:
     run_id: str
@@ -74,12 +92,28 @@ class _Context:
     input_value: object
     media: MediaSource
     max_pixels: int
+    fetch_policy: FetchPolicy
+    secrets: SecretSource
     token: CancelToken
     sink: EventSink
 
     def check_canceled(self) -> None:
         if self.token.canceled:
             raise RunCanceled(self.token.reason, self.node_id)
+
+    @property
+    def canceled(self) -> bool:
+        return self.token.canceled
+
+    def secret(self, name: str) -> str:
+        value = self.secrets.get(name)
+        if not value:
+            raise NodeError(
+                f"the secret {name!r} is not set in this workspace; add it with "
+                f"PUT /v1/secrets/{name}",
+                self.node_id,
+            )
+        return value
 
     def progress(self, fraction: float) -> None:
         self.sink.node_progress(self.node_id, min(1.0, max(0.0, fraction)))
@@ -96,6 +130,9 @@ class RunRequest:
     node_timeout: float = 120.0
     deadline: float | None = None  # time.monotonic() value
     token: CancelToken = field(default_factory=CancelToken)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    secrets: SecretSource = field(default_factory=NoSecrets)
+    cache: ResultCache | None = None
 
 
 def describe_failure(node: BoundNode, exc: BaseException) -> str:
@@ -117,6 +154,37 @@ class RunFailed(Exception):
         self.canceled = canceled
 
 
+@dataclass(frozen=True)
+class _Result:
+    values: Mapping[str, object]
+    keys: Mapping[str, str]
+    cached: bool
+
+
+def _invoke(
+    b: BoundNode,
+    ctx: _Context,
+    kwargs: Mapping[str, object],
+    key: str | None,
+    cache: ResultCache | None,
+) -> _Result:
+    """Run one node on a pool thread, through the cache when it has a key."""
+    # Input nodes cost less to run than to look up; they still get keys.
+    lookup = key is not None and cache is not None and not b.type.input_kind
+    if lookup:
+        assert key is not None and cache is not None
+        hit = cache.get(key)
+        if hit is not None:
+            return _Result(hit, {p: port_key(key, p) for p in hit}, True)
+    result = b.type.run(ctx, b.params, **kwargs)
+    if key is None:
+        return _Result(result, content_key(result) if cache is not None else {}, False)
+    if lookup:
+        assert cache is not None
+        cache.put(key, result)
+    return _Result(result, {p: port_key(key, p) for p in result}, False)
+
+
 class WorkflowExecutor:
     """Runs workflows on a shared thread pool, at most ``concurrency`` nodes of a run at once."""
 
@@ -127,7 +195,7 @@ class WorkflowExecutor:
     def execute(
         self, workflow: Workflow, request: RunRequest, sink: EventSink | None = None
     ) -> dict[str, object]:
-        """Run every node; return the values of the output nodes by node id.
+        """Run every node; return the values of the output nodes that ran, by node id.
 
         Raises :class:`RunFailed` naming the node when a node fails, times out or the run
         is canceled or passes its deadline.
@@ -144,25 +212,62 @@ class WorkflowExecutor:
                 consumers[src] += 1
 
         values: dict[str, Mapping[str, object]] = {}
+        keys: dict[str, Mapping[str, str]] = {}
         outputs: dict[str, object] = {}
-        running: dict[Future[Mapping[str, object]], tuple[str, float]] = {}
+        running: dict[Future[_Result], tuple[str, float]] = {}
         waiting: list[str] = []
+
+        def complete(nid: str, result: Mapping[str, object], port_keys: Mapping[str, str]) -> None:
+            b = workflow.nodes[nid]
+            values[nid] = result
+            keys[nid] = port_keys
+            if b.type.output_kind and result.get("value", SKIP) is not SKIP:
+                outputs[nid] = result.get("value")
+            for src in {w.node for w in b.wires.values()}:
+                consumers[src] -= 1
+                if consumers[src] == 0:
+                    values.pop(src, None)
+            sorter.done(nid)
 
         def start(nid: str) -> None:
             b = workflow.nodes[nid]
-            kwargs = {name: values[w.node][w.port] for name, w in b.wires.items()}
+            kwargs: dict[str, object] = {}
+            for name, w in b.wires.items():
+                value = values[w.node][w.port]
+                if value is SKIP:
+                    if not b.type.inputs[name].optional:
+                        sink.node_skipped(nid)
+                        complete(
+                            nid,
+                            {p: SKIP for p in (*b.type.outputs, "value")},
+                            dict.fromkeys(b.type.outputs, "skip"),
+                        )
+                        return
+                    value = None
+                kwargs[name] = value
+            key = None
+            if request.cache is not None and b.type.deterministic:
+                key = cache_key(
+                    b.type.type,
+                    b.type.version,
+                    b.params,
+                    request.inputs.get(nid) if b.type.input_kind else None,
+                    [(name, keys[w.node][w.port]) for name, w in b.wires.items()],
+                )
             ctx = _Context(
                 request.run_id,
                 nid,
                 request.inputs.get(nid),
                 request.media,
                 request.max_pixels,
+                request.fetch_policy,
+                request.secrets,
                 request.token,
                 sink,
             )
             timeout = b.type.timeout_seconds or request.node_timeout
             sink.node_started(nid)
-            fut = self._pool.submit(b.type.run, ctx, b.params, **kwargs)
+            fut = self._pool.submit(_invoke, b, ctx, kwargs, key, request.cache)
             running[fut] = (nid, time.monotonic() + timeout)
 
         try:
@@ -170,6 +275,8 @@ class WorkflowExecutor:
                 waiting.extend(sorter.get_ready())
                 while waiting and len(running) < self._concurrency:
                     start(waiting.pop(0))
+                if not running:
+                    continue  # only skipped nodes were ready: look again at once
                 done, _ = wait(list(running), timeout=WATCH_INTERVAL, return_when=FIRST_COMPLETED)
                 for fut in done:
                     nid, _deadline = running.pop(fut)
@@ -177,21 +284,14 @@ class WorkflowExecutor:
                     exc = fut.exception()
                     if exc is not None:
                         raise self._fail(b, exc, sink)
-                    result = fut.result()
-                    missing = set(b.type.outputs) - set(result)
+                    res = fut.result()
+                    missing = set(b.type.outputs) - set(res.values)
                     if missing:
                         raise self._fail(
                             b, NodeError(f"node gave no {sorted(missing)} output"), sink
                         )
-                    values[nid] = result
-                    if b.type.output_kind:
-                        outputs[nid] = result.get("value")
-                    sink.node_finished(nid)
-                    for src in {w.node for w in b.wires.values()}:
-                        consumers[src] -= 1
-                        if consumers[src] == 0:
-                            values.pop(src, None)
-                    sorter.done(nid)
+                    sink.node_finished(nid, cached=res.cached)
+                    complete(nid, res.values, res.keys)
                 self._watch(workflow, request, running, sink)
         finally:
             if running:
@@ -205,7 +305,7 @@ class WorkflowExecutor:
         self,
         workflow: Workflow,
         request: RunRequest,
-        running: Mapping[Future[Mapping[str, object]], tuple[str, float]],
+        running: Mapping[Future[_Result], tuple[str, float]],
         sink: EventSink,
     ) -> None:
         now = time.monotonic()

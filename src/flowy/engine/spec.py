@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from flowy.media.fetch import FetchPolicy
+
 #: Port types and the Python values that travel on them.
 PORT_TYPES: dict[str, str] = {
     "image": "PIL.Image.Image",
@@ -61,6 +63,34 @@ class Artifact:
     filename: str
 
 
+class _Skip:
+    """The value on an output a logic node did not take.  A node any of whose required
+    inputs is SKIP is skipped (reported ``skipped``, not failed); an optional input that
+    receives SKIP gets None."""
+
+    _instance: _Skip | None = None
+
+    def __new__(cls) -> _Skip:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+SKIP = _Skip()
+
+
+class SecretSource(Protocol):
+    """The workspace's secrets (provider API keys and the like), decrypted on demand."""
+
+    def get(self, name: str) -> str | None: ...
+
+
 class MediaSource(Protocol):
     """Reads the bytes behind a media input value (URL, data: URI, uploaded file)."""
 
@@ -78,9 +108,20 @@ class NodeContext(Protocol):
     input_value: object
     media: MediaSource
     max_pixels: int
+    #: The outbound-address guard for nodes that call the network (HTTP, providers).
+    fetch_policy: FetchPolicy
 
     def check_canceled(self) -> None:
         """Raise :class:`~flowy.errors.RunCanceled` if the run was canceled."""
+        ...
+
+    def secret(self, name: str) -> str:
+        """A secret of the workspace; NodeError naming it when it is not set."""
+        ...
+
+    @property
+    def canceled(self) -> bool:
+        """Whether the run was canceled (for nodes that poll rather than raise)."""
         ...
 
     def progress(self, fraction: float) -> None:

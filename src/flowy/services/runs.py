@@ -111,6 +111,8 @@ class RunService:
                 item["size"] = out.get("size")
             else:
                 item["value"] = out.get("value")
+                if out.get("skipped"):
+                    item["skipped"] = True
             outputs.append(item)
         nodes = [{"nodeId": nid, **state} for nid, state in run.nodes.items()]
         return {

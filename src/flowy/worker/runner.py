@@ -85,7 +85,14 @@ class RunSink:
             self.states[node_id]["progress"] = round(fraction, 3)
             self._flush()
 
-    def node_finished(self, node_id: str, *, error: str | None = None) -> None:
+    def node_skipped(self, node_id: str) -> None:
+        with self._lock:
+            self.states[node_id].update(status=NodeStatus.SKIPPED)
+            self._flush()
+
+    def node_finished(
+        self, node_id: str, *, error: str | None = None, cached: bool = False
+    ) -> None:
         with self._lock:
             state = self.states[node_id]
             t0 = self._t0.get(node_id)
@@ -94,6 +101,8 @@ class RunSink:
                 state["durationMs"] = round((time.perf_counter() - t0) * 1000, 2)
             if error is None:
                 state.update(status=NodeStatus.COMPLETED, progress=1.0)
+                if cached:
+                    state["cached"] = True
             else:
                 state.update(status=NodeStatus.FAILED, error=error)
             # The terminal write carries the final node states; skip a write per node end
@@ -216,7 +225,11 @@ class RunProcessor:
     ) -> list[dict[str, Any]]:
         outputs: list[dict[str, Any]] = []
         for out in workflow.outputs:
-            value = values.get(out.node_id)
+            if out.node_id not in values:  # its branch was not taken
+                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
+                                "value": None, "skipped": True})
+                continue
+            value = values[out.node_id]
             if isinstance(value, Artifact):
                 asset = self.files.store(
                     run.workspace_id,

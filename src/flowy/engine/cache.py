@@ -1,0 +1,101 @@
+"""Content keys and the result cache of deterministic nodes.
+
+As in ComfyUI, a node's key is a hash of its type and version, its canonical params, the
+caller's value for input nodes, and the keys of the upstream results it consumes.  The
+outputs of a node that is not deterministic (a fetched image) are keyed by their content,
+so a downstream node is reused exactly when what it would compute is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from PIL import Image
+from pydantic import BaseModel
+
+from flowy.engine.spec import SKIP, Artifact
+
+
+class ResultCache(Protocol):
+    """Stores node results by key.  ``get`` answers None on a miss; ``put`` may decline
+    values it cannot store and never raises."""
+
+    def get(self, key: str) -> Mapping[str, object] | None: ...
+
+    def put(self, key: str, values: Mapping[str, object]) -> None: ...
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def cache_key(
+    node_type: str,
+    version: str,
+    params: BaseModel,
+    input_value: object,
+    upstream: Iterable[tuple[str, str]],
+) -> str:
+    """The key of a deterministic node's result."""
+    doc = [node_type, version, params.model_dump(mode="json"), input_value, sorted(upstream)]
+    return _digest(b"node", json.dumps(doc, sort_keys=True, default=repr).encode())
+
+
+def port_key(node_key: str, port: str) -> str:
+    return _digest(b"port", node_key.encode(), port.encode())
+
+
+def value_key(value: object) -> str:
+    """A key for a value from its content (for outputs of non-deterministic nodes)."""
+    if value is SKIP:
+        return "skip"
+    if isinstance(value, Image.Image):
+        return _digest(b"image", value.mode.encode(), repr(value.size).encode(), value.tobytes())
+    if isinstance(value, Artifact):
+        return _digest(
+            b"artifact", value.content_type.encode(), value.filename.encode(), value.data
+        )
+    try:
+        return _digest(b"json", json.dumps(value, sort_keys=True).encode())
+    except (TypeError, ValueError):
+        return uuid.uuid4().hex  # not comparable: never matches, so never reused
+
+
+def content_key(values: Mapping[str, object]) -> dict[str, str]:
+    return {port: value_key(v) for port, v in values.items()}
+
+
+class MemoryResultCache:
+    """A bounded in-memory LRU; used in tests and in front of the disk cache."""
+
+    def __init__(self, max_entries: int = 128) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, Mapping[str, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Mapping[str, object] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: str, values: Mapping[str, object]) -> None:
+        with self._lock:
+            self._items[key] = dict(values)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
