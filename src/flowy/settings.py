@@ -61,6 +61,11 @@ class MediaSettings(BaseModel):
     )
 
 
+class CacheSettings(BaseModel):
+    enabled: bool = Field(True, description="Reuse results of deterministic nodes.")
+    max_bytes: int = Field(512 << 20, ge=0, description="Disk the result cache may use.")
+
+
 class Settings(BaseSettings):
     """Everything Flowy reads from its environment."""
 
@@ -90,6 +95,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
     media: MediaSettings = Field(default_factory=lambda: MediaSettings())
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLOWY_LOG_LEVEL"))
 
     @property
@@ -97,6 +103,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'flowy.db').resolve()}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def storage_dir(self) -> Path:

@@ -13,6 +13,7 @@ from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
 from flowy.api.views import app_detail, app_summary, iso
 from flowy.db.models import Asset
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
+from flowy.services.secrets import SecretInfo
 
 router = APIRouter(prefix="/v1")
 Data = dict[str, Any]
@@ -187,3 +188,26 @@ def download(
     if path is not None:
         return FileResponse(path, media_type=asset.content_type, headers=headers)
     return Response(data, media_type=asset.content_type, headers=headers)
+
+
+@router.get("/secrets")
+def list_secrets(p: PlatformDep, ws: WorkspaceDep) -> Data:
+    """Names of the workspace's secrets; values are never returned."""
+    return {"data": [_secret_view(i) for i in p.secrets.list(ws)]}
+
+
+@router.put("/secrets/{name}")
+def put_secret(p: PlatformDep, ws: WorkspaceDep, name: str, body: BodyDep) -> Data:
+    """Create or replace a secret from ``{"value": "..."}``; stored encrypted."""
+    b = _fields(body, {"value"})
+    return {"data": _secret_view(p.secrets.put(ws, name, b.get("value")))}
+
+
+@router.delete("/secrets/{name}", status_code=204)
+def delete_secret(p: PlatformDep, ws: WorkspaceDep, name: str) -> Response:
+    p.secrets.delete(ws, name)
+    return Response(status_code=204)
+
+
+def _secret_view(info: SecretInfo) -> Data:
+    return {"name": info.name, "createdAt": iso(info.created_at), "updatedAt": iso(info.updated_at)}

@@ -18,11 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from flowy.engine.graph import BoundNode, Workflow
 from flowy.engine.cache import ResultCache, cache_key, content_key, port_key
+from flowy.engine.graph import BoundNode, Workflow
 from flowy.engine.spec import SKIP, MediaSource, SecretSource
-from flowy.media.fetch import FetchPolicy
 from flowy.errors import NodeError, NodeTimeout, RunCanceled
+from flowy.media.fetch import FetchPolicy
 
 logger = logging.getLogger(__name__)
 

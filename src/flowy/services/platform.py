@@ -15,7 +15,9 @@ from flowy.errors import FlowyError
 from flowy.services.apps import AppService, WorkflowCache
 from flowy.services.files import FileService
 from flowy.services.runs import RunService
+from flowy.services.secrets import SecretService
 from flowy.settings import Settings
+from flowy.storage.cache import DiskResultCache
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
 from flowy.worker.pool import LocalWorkerPool
@@ -31,6 +33,7 @@ class Platform:
     files: FileService
     apps: AppService
     runs: RunService
+    secrets: SecretService
     workers: LocalWorkerPool
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
@@ -48,9 +51,15 @@ class Platform:
             settings.media.url_ttl_seconds,
         )
         apps = AppService(db, workflows)
-        workers = LocalWorkerPool(settings, db, workflows, files)
+        secrets = SecretService(db, settings.signing_key())
+        cache = (
+            DiskResultCache(settings.cache_dir, settings.cache.max_bytes)
+            if settings.cache.enabled
+            else None
+        )
+        workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
         runs = RunService(db, apps, files, workers.enqueue)
-        return cls(settings, db, registry, files, apps, runs, workers)
+        return cls(settings, db, registry, files, apps, runs, secrets, workers)
 
     def start(self) -> None:
         """Migrate the schema, take the data directory, start the in-process workers."""

@@ -19,10 +19,12 @@ from sqlalchemy import select, update
 
 from flowy.db.models import Run, utcnow
 from flowy.db.session import Database
+from flowy.engine.cache import ResultCache
 from flowy.engine.executor import WorkflowExecutor
 from flowy.ids import new_id
 from flowy.services.apps import WorkflowCache
 from flowy.services.files import FileService
+from flowy.services.secrets import SecretService
 from flowy.services.states import RunStatus, requeue_expired
 from flowy.settings import Settings
 from flowy.worker.runner import RunProcessor
@@ -34,7 +36,13 @@ class LocalWorkerPool:
     """Runs queued runs on threads of this process."""
 
     def __init__(
-        self, settings: Settings, db: Database, workflows: WorkflowCache, files: FileService
+        self,
+        settings: Settings,
+        db: Database,
+        workflows: WorkflowCache,
+        files: FileService,
+        secrets: SecretService,
+        cache: ResultCache | None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -44,7 +52,9 @@ class LocalWorkerPool:
             max_workers=w.concurrency * w.node_concurrency, thread_name_prefix="flowy-node"
         )
         executor = WorkflowExecutor(self._node_pool, concurrency=w.node_concurrency)
-        self.processor = RunProcessor(settings, db, workflows, files, executor, self.owner)
+        self.processor = RunProcessor(
+            settings, db, workflows, files, executor, self.owner, secrets, cache
+        )
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from flowy.db.models import AppVersion, Run, utcnow
 from flowy.db.session import Database
+from flowy.engine.cache import ResultCache
 from flowy.engine.executor import CancelToken, RunFailed, RunRequest, WorkflowExecutor
 from flowy.engine.graph import Workflow
 from flowy.engine.spec import Artifact
@@ -21,6 +22,7 @@ from flowy.media.fetch import FetchPolicy
 from flowy.services.apps import WorkflowCache
 from flowy.services.files import FileService
 from flowy.services.media import RunMedia
+from flowy.services.secrets import SecretService, WorkspaceSecrets
 from flowy.services.states import NodeStatus, RunStatus, claim, fenced_update, finish
 from flowy.settings import Settings
 
@@ -127,7 +129,11 @@ class RunProcessor:
         files: FileService,
         executor: WorkflowExecutor,
         owner: str,
+        secrets: SecretService,
+        cache: ResultCache | None = None,
     ) -> None:
+        self.secrets = secrets
+        self.cache = cache
         self.settings = settings
         self.db = db
         self.workflows = workflows
@@ -186,6 +192,9 @@ class RunProcessor:
             max_pixels=self.settings.media.max_pixels,
             node_timeout=w.node_timeout_seconds,
             token=token,
+            fetch_policy=self.policy,
+            secrets=WorkspaceSecrets(self.secrets, run.workspace_id),
+            cache=self.cache,
         )
         try:
             values = self.executor.execute(workflow, request, sink)
@@ -226,8 +235,9 @@ class RunProcessor:
         outputs: list[dict[str, Any]] = []
         for out in workflow.outputs:
             if out.node_id not in values:  # its branch was not taken
-                outputs.append({"nodeId": out.node_id, "kind": out.output_type,
-                                "value": None, "skipped": True})
+                outputs.append(
+                    {"nodeId": out.node_id, "kind": out.output_type, "value": None, "skipped": True}
+                )
                 continue
             value = values[out.node_id]
             if isinstance(value, Artifact):
