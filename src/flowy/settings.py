@@ -24,6 +24,9 @@ class ServerSettings(BaseModel):
         "Signed file URLs are built on it.",
     )
     max_body_bytes: int = Field(1 << 20, description="Largest JSON request body accepted.")
+    sse_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Quiet time after which an event stream sends a keep-alive."
+    )
 
 
 class WorkerSettings(BaseModel):

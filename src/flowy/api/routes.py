@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
 from flowy.api.views import app_detail, app_summary, iso
-from flowy.db.models import Asset
+from flowy.db.models import Asset, RunEvent
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
+from flowy.services.events import TERMINAL_EVENTS, read_events
+from flowy.services.platform import Platform
+from flowy.services.runs import RunFilter
 from flowy.services.secrets import SecretInfo
+from flowy.services.states import TERMINAL
 
 router = APIRouter(prefix="/v1")
+#: Longest ``Prefer: wait=N`` honoured, in seconds.
+MAX_WAIT = 60
 Data = dict[str, Any]
 
 _APP_FIELDS = {"title", "description", "workflow", "published"}
@@ -100,21 +111,188 @@ def delete_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Response:
 
 
 @router.post("/apps/{app_id}/runs", status_code=201)
-def create_run(p: PlatformDep, ws: WorkspaceDep, app_id: str, body: BodyDep) -> Data:
-    run = p.runs.create(ws, app_id, body)
-    return {
-        "data": {
-            "runId": run.id,
-            "status": run.status,
-            "appId": run.app_id,
-            "createdAt": iso(run.created_at),
+async def create_run(
+    p: PlatformDep,
+    ws: WorkspaceDep,
+    app_id: str,
+    body: BodyDep,
+    response: Response,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Data:
+    """Start a run.  With ``Prefer: wait=N`` (N ≤ 60) answer when the run has ended or N
+    seconds have passed, with the run as ``GET /runs/{id}`` shows it."""
+    wait = _prefer_wait(prefer)
+    if wait is None:
+        run = await run_in_threadpool(p.runs.create, ws, app_id, body)
+        return {
+            "data": {
+                "runId": run.id,
+                "status": run.status,
+                "appId": run.app_id,
+                "createdAt": iso(run.created_at),
+            }
         }
-    }
+    run = await run_in_threadpool(p.runs.create, ws, app_id, body)
+    with p.bus.subscribe(run.id) as sub:
+        deadline = time.monotonic() + wait
+        while True:
+            run = await run_in_threadpool(p.runs.get, ws, run.id)
+            left = deadline - time.monotonic()
+            if run.status in TERMINAL or left <= 0:
+                break
+            await sub.wait(left)
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    return {"data": p.runs.public(run)}
+
+
+def _prefer_wait(prefer: str | None) -> int | None:
+    if not prefer:
+        return None
+    for part in prefer.split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = int(value.strip())
+            except ValueError:
+                raise ValidationFailed(
+                    [
+                        Issue(
+                            "invalid_value",
+                            "Prefer: wait=N takes whole seconds",
+                            field="header.prefer",
+                        )
+                    ]
+                ) from None
+            return max(0, min(seconds, MAX_WAIT))
+    return None
 
 
 @router.get("/runs/{run_id}")
 def get_run(p: PlatformDep, ws: WorkspaceDep, run_id: str) -> Data:
     return {"data": p.runs.public(p.runs.get(ws, run_id))}
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(p: PlatformDep, ws: WorkspaceDep, run_id: str) -> Data:
+    """Cancel a run; idempotent.  A queued run ends at once, a running one promptly."""
+    return {"data": p.runs.public(p.runs.cancel(ws, run_id))}
+
+
+def _list_runs(p: Platform, ws: str, f: RunFilter, limit: int, cursor: str | None) -> Data:
+    runs, next_cursor = p.runs.list(ws, f, limit=limit, cursor=cursor)
+    return {"data": [p.runs.public(r, nodes=False) for r in runs], "nextCursor": next_cursor}
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+@router.get("/runs")
+def list_runs(
+    p: PlatformDep,
+    ws: WorkspaceDep,
+    app_id: Annotated[str | None, Query(alias="appId")] = None,
+    status: Annotated[str | None, Query()] = None,
+    version_id: Annotated[str | None, Query(alias="versionId")] = None,
+    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
+    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
+    limit: Annotated[int, Query()] = 20,
+    cursor: Annotated[str | None, Query()] = None,
+) -> Data:
+    """Runs of the workspace, newest first, a page at a time (``nextCursor``)."""
+    f = RunFilter(app_id, status, version_id, _utc(created_after), _utc(created_before))
+    return _list_runs(p, ws, f, limit, cursor)
+
+
+@router.get("/apps/{app_id}/runs")
+def list_app_runs(
+    p: PlatformDep,
+    ws: WorkspaceDep,
+    app_id: str,
+    status: Annotated[str | None, Query()] = None,
+    version_id: Annotated[str | None, Query(alias="versionId")] = None,
+    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
+    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
+    limit: Annotated[int, Query()] = 20,
+    cursor: Annotated[str | None, Query()] = None,
+) -> Data:
+    """Runs of one app, newest first."""
+    app = p.apps.get(ws, app_id)  # 404 for another workspace's app
+    f = RunFilter(app.app.id, status, version_id, _utc(created_after), _utc(created_before))
+    return _list_runs(p, ws, f, limit, cursor)
+
+
+@router.get("/runs/{run_id}/events", response_class=StreamingResponse)
+async def run_events(
+    request: Request,
+    p: PlatformDep,
+    ws: WorkspaceDep,
+    run_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query()] = None,
+) -> StreamingResponse:
+    """The run's events as Server-Sent Events; resume with ``Last-Event-ID``.  The
+    stream ends after the terminal event."""
+    run = await run_in_threadpool(p.runs.get, ws, run_id)
+    start = after if after is not None else _last_id(last_event_id)
+    keepalive = p.settings.server.sse_keepalive_seconds
+    return StreamingResponse(
+        _event_stream(request, p, run.id, start, keepalive),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _last_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    try:
+        return max(0, int(value.strip()))
+    except ValueError:
+        raise ValidationFailed(
+            [
+                Issue(
+                    "invalid_value",
+                    "must be an event id this stream sent",
+                    field="header.last-event-id",
+                )
+            ]
+        ) from None
+
+
+async def _event_stream(
+    request: Request, p: Platform, run_id: str, after: int, keepalive: float
+) -> AsyncIterator[bytes]:
+    with p.bus.subscribe(run_id) as sub:
+        yield b"retry: 1000\n\n"
+        while True:
+            events = await run_in_threadpool(read_events, p.db, run_id, after)
+            for ev in events:
+                after = ev.seq
+                yield _sse(p, run_id, ev)
+                if ev.type in TERMINAL_EVENTS:
+                    return
+            if events:
+                continue
+            if await request.is_disconnected():
+                return
+            if not await sub.wait(keepalive):
+                yield b": keep-alive\n\n"
+
+
+def _sse(p: Platform, run_id: str, ev: RunEvent) -> bytes:
+    data = dict(ev.data)
+    if "outputs" in data:
+        data["outputs"] = p.runs.output_views(data["outputs"])
+    payload = {
+        "seq": ev.seq,
+        "type": ev.type,
+        "runId": run_id,
+        "createdAt": iso(ev.created_at),
+        "data": data,
+    }
+    body = json.dumps(payload, separators=(",", ":"))
+    return f"id: {ev.seq}\nevent: {ev.type}\ndata: {body}\n\n".encode()
 
 
 @router.get("/nodes")

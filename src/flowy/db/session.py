@@ -9,7 +9,7 @@ second engine and never wait for writers.  On PostgreSQL both are one engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +17,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+#: Session.info key under which a transaction collects the runs whose events it wrote.
+RUNS_CHANGED = "flowy_runs_changed"
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -57,6 +59,20 @@ class Database:
             self.write_engine = self.read_engine = create_engine(url, pool_pre_ping=True)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
+        #: Called after each commit with the ids of the runs it changed (events).
+        self.commit_hooks: list[Callable[[set[str]], None]] = []
+        event.listen(self._write, "after_commit", self._after_commit)
+        event.listen(self._write, "after_rollback", self._after_rollback)
+
+    def _after_commit(self, session: Session) -> None:
+        changed: set[str] = session.info.pop(RUNS_CHANGED, set())
+        if changed:
+            for hook in self.commit_hooks:
+                hook(changed)
+
+    @staticmethod
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(RUNS_CHANGED, None)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -152,6 +152,8 @@ class RunFailed(Exception):
         self.error = error
         self.node_id = node_id
         self.canceled = canceled
+        #: Values of the output nodes that finished before the failure (kept on cancel).
+        self.outputs: dict[str, object] = {}
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,9 @@ class WorkflowExecutor:
                     sink.node_finished(nid, cached=res.cached)
                     complete(nid, res.values, res.keys)
                 self._watch(workflow, request, running, sink)
+        except RunFailed as failed:
+            failed.outputs = dict(outputs)
+            raise
         finally:
             if running:
                 # Cooperative nodes stop at their next check; the rest finish unobserved.
@@ -320,6 +325,8 @@ class WorkflowExecutor:
                 raise self._fail(b, NodeTimeout(f"timed out after {limit:g} s", nid), sink)
         if request.token.canceled:
             raise RunFailed(request.token.reason, None, canceled=True)
+        if request.deadline is not None and now > request.deadline:
+            raise RunFailed("the run passed its time limit", None)
 
     @staticmethod
     def _fail(b: BoundNode, exc: BaseException, sink: EventSink) -> RunFailed:

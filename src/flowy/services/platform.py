@@ -13,6 +13,7 @@ from flowy.db.session import Database
 from flowy.engine.registry import NodeRegistry, default_registry
 from flowy.errors import FlowyError
 from flowy.services.apps import AppService, WorkflowCache
+from flowy.services.events import EventBus, LocalEventBus
 from flowy.services.files import FileService
 from flowy.services.runs import RunService
 from flowy.services.secrets import SecretService
@@ -35,6 +36,7 @@ class Platform:
     runs: RunService
     secrets: SecretService
     workers: LocalWorkerPool
+    bus: EventBus
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -58,8 +60,10 @@ class Platform:
             else None
         )
         workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
-        runs = RunService(db, apps, files, workers.enqueue)
-        return cls(settings, db, registry, files, apps, runs, secrets, workers)
+        runs = RunService(db, apps, files, workers.enqueue, workers.processor.cancel)
+        bus = LocalEventBus()
+        db.commit_hooks.append(bus.notify)
+        return cls(settings, db, registry, files, apps, runs, secrets, workers, bus)
 
     def start(self) -> None:
         """Migrate the schema, take the data directory, start the in-process workers."""

@@ -6,22 +6,55 @@ the sweeper and start-up recovery find it in the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import datetime
+import base64
+import builtins
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, or_, select, update
 
-from flowy.db.models import App, Run
+from flowy.db.models import App, Run, utcnow
 from flowy.db.session import Database
 from flowy.engine.inputs import check_run_inputs
 from flowy.errors import Conflict, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id
 from flowy.services.apps import AppService
+from flowy.services.events import emit
 from flowy.services.files import FileService
-from flowy.services.states import NodeStatus, RunStatus
+from flowy.services.states import TERMINAL, NodeStatus, RunStatus, cancel_queued
 
-RUN_BODY_FIELDS = frozenset({"inputs"})
+RUN_BODY_FIELDS = frozenset({"inputs", "timeoutSeconds"})
+MAX_TIMEOUT_SECONDS = 24 * 3600
+MAX_PAGE = 100
+CANCELED_BY_REQUEST = "canceled by request"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    app_id: str | None = None
+    status: str | None = None
+    version_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _encode_cursor(run: Run) -> str:
+    raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, run_id = json.loads(raw)
+        return datetime.fromisoformat(at), str(run_id)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ValidationFailed(
+            [Issue("invalid_value", "not a cursor this API gave out", field="cursor")]
+        ) from None
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -30,12 +63,18 @@ def _iso(dt: datetime | None) -> str | None:
 
 class RunService:
     def __init__(
-        self, db: Database, apps: AppService, files: FileService, enqueue: Callable[[str], None]
+        self,
+        db: Database,
+        apps: AppService,
+        files: FileService,
+        enqueue: Callable[[str], None],
+        cancel_local: Callable[[str, str], None] = lambda _run_id, _reason: None,
     ) -> None:
         self.db = db
         self.apps = apps
         self.files = files
         self.enqueue = enqueue
+        self.cancel_local = cancel_local
 
     def create(self, workspace_id: str, app_id: str, body: object) -> Run:
         """Validate a run request, store the run as ``queued`` and queue it.
@@ -55,6 +94,19 @@ class RunService:
             for k in body
             if k not in RUN_BODY_FIELDS
         ]
+        timeout = body.get("timeoutSeconds")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_TIMEOUT_SECONDS
+        ):
+            issues.append(
+                Issue(
+                    "invalid_value",
+                    f"must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}]",
+                    field="timeoutSeconds",
+                )
+            )
         if "inputs" not in body:
             issues.append(
                 Issue(
@@ -82,13 +134,83 @@ class RunService:
             outputs=[],
             nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order},
         )
+        timeout = body.get("timeoutSeconds")
+        if timeout is not None:
+            run.deadline_at = run.created_at + timedelta(seconds=float(timeout))
         with self.db.write() as s:
             s.add(run)
+            s.flush()
+            emit(s, run.id, "run.queued", {"status": RunStatus.QUEUED})
             s.execute(
                 update(App).where(App.id == detail.app.id).values(run_count=App.run_count + 1)
             )
         self.enqueue(run.id)
         return run
+
+    def cancel(self, workspace_id: str, run_id: str) -> Run:
+        """Cancel a run: a queued one at once, a running one at its next check.
+
+        Idempotent: a run that already ended is answered as it is.
+        """
+        run = self.get(workspace_id, run_id)
+        if run.status in TERMINAL:
+            return run
+        with self.db.write() as s:
+            if not cancel_queued(s, run_id, CANCELED_BY_REQUEST):
+                res = s.execute(
+                    update(Run)
+                    .where(
+                        Run.id == run_id,
+                        Run.status == RunStatus.RUNNING,
+                        Run.cancel_requested_at.is_(None),
+                    )
+                    .values(cancel_requested_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    emit(s, run_id, "run.cancel_requested", {})
+        self.cancel_local(run_id, CANCELED_BY_REQUEST)
+        return self.get(workspace_id, run_id)
+
+    def list(
+        self, workspace_id: str, f: RunFilter, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Run], str | None]:
+        """Runs of the workspace, newest first; answers a page and the next cursor."""
+        issues = []
+        if not 1 <= limit <= MAX_PAGE:
+            issues.append(
+                Issue("invalid_value", f"must be between 1 and {MAX_PAGE}", field="limit")
+            )
+        if f.status is not None and f.status not in {s.value for s in RunStatus}:
+            issues.append(
+                Issue(
+                    "invalid_value",
+                    "must be one of " + ", ".join(s.value for s in RunStatus),
+                    field="status",
+                )
+            )
+        if issues:
+            raise ValidationFailed(issues)
+        q = select(Run).where(Run.workspace_id == workspace_id)
+        if f.app_id is not None:
+            q = q.where(Run.app_id == f.app_id)
+        if f.status is not None:
+            q = q.where(Run.status == f.status)
+        if f.version_id is not None:
+            q = q.where(Run.version_id == f.version_id)
+        if f.created_after is not None:
+            q = q.where(Run.created_at > f.created_after)
+        if f.created_before is not None:
+            q = q.where(Run.created_at < f.created_before)
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            q = q.where(or_(Run.created_at < at, and_(Run.created_at == at, Run.id < last_id)))
+        q = q.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+        with self.db.read() as s:
+            runs = list(s.scalars(q))
+        more = len(runs) > limit
+        runs = runs[:limit]
+        return runs, (_encode_cursor(runs[-1]) if more and runs else None)
 
     def get(self, workspace_id: str, run_id: str) -> Run:
         """A run of the workspace; NotFound for an unknown id or another workspace's run."""
@@ -98,10 +220,10 @@ class RunService:
             raise NotFound(f"run {run_id} not found")
         return run
 
-    def public(self, run: Run) -> dict[str, Any]:
-        """The run as the API shows it, with output links signed afresh."""
-        outputs: list[dict[str, Any]] = []
-        for out in run.outputs:
+    def output_views(self, stored: Sequence[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+        """Outputs as callers see them: files get a freshly signed ``url``."""
+        outputs: builtins.list[dict[str, Any]] = []
+        for out in stored:
             item: dict[str, Any] = {"nodeId": out["nodeId"], "kind": out["kind"]}
             if "assetId" in out:
                 link = self.files.link(out["assetId"], out["filename"])
@@ -114,18 +236,24 @@ class RunService:
                 if out.get("skipped"):
                     item["skipped"] = True
             outputs.append(item)
-        nodes = [{"nodeId": nid, **state} for nid, state in run.nodes.items()]
-        return {
+        return outputs
+
+    def public(self, run: Run, *, nodes: bool = True) -> dict[str, Any]:
+        """The run as the API shows it, with output links signed afresh."""
+        view: dict[str, Any] = {
             "runId": run.id,
             "appId": run.app_id,
             "versionId": run.version_id,
             "status": run.status,
-            "outputs": outputs,
+            "outputs": self.output_views(run.outputs),
             "error": run.error,
             "errorNode": run.error_node,
             "createdAt": _iso(run.created_at),
             "startedAt": _iso(run.started_at),
             "completedAt": _iso(run.completed_at),
             "attempt": run.attempt,
-            "nodes": nodes,
+            "deadlineAt": _iso(run.deadline_at),
         }
+        if nodes:
+            view["nodes"] = [{"nodeId": nid, **state} for nid, state in run.nodes.items()]
+        return view

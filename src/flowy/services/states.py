@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from flowy.db.models import Run, utcnow
+from flowy.services.events import emit
 
 
 class RunStatus(StrEnum):
@@ -60,7 +61,43 @@ def claim(s: Session, run_id: str, owner: str, lease: timedelta) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+    won = bool(res.rowcount == 1)  # type: ignore[attr-defined]
+    if won:
+        emit(s, run_id, "run.started", {"status": RunStatus.RUNNING})
+    return won
+
+
+def cancel_queued(s: Session, run_id: str, reason: str) -> bool:
+    """queued -> canceled at once (nothing is running it).  False if not queued."""
+    res = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.CANCELED,
+            completed_at=utcnow(),
+            error=reason,
+            cancel_requested_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    emit(s, run_id, "run.canceled", {"status": RunStatus.CANCELED, "error": reason})
+    return True
+
+
+def fail_queued(s: Session, run_id: str, error: str) -> bool:
+    """queued -> failed (a run that passed its deadline before it started)."""
+    res = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+        .values(status=RunStatus.FAILED, completed_at=utcnow(), error=error)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    emit(s, run_id, "run.failed", {"status": RunStatus.FAILED, "error": error})
+    return True
 
 
 def fenced_update(s: Session, run_id: str, owner: str, attempt: int, **values: Any) -> bool:
@@ -105,7 +142,12 @@ def finish(
         values["outputs"] = outputs
     if nodes is not None:
         values["nodes"] = nodes
-    return fenced_update(s, run_id, owner, attempt, **values)
+    if not fenced_update(s, run_id, owner, attempt, **values):
+        return False
+    if outputs:
+        emit(s, run_id, "run.outputs", {"outputs": outputs})
+    emit(s, run_id, f"run.{status}", {"status": status, "error": error, "errorNode": error_node})
+    return True
 
 
 def requeue_expired(s: Session, now: datetime, max_attempts: int) -> tuple[list[str], list[str]]:
@@ -122,6 +164,19 @@ def requeue_expired(s: Session, now: datetime, max_attempts: int) -> tuple[list[
     ).all()
     requeued = [r.id for r in rows if r.attempt < max_attempts]
     failed = [r.id for r in rows if r.attempt >= max_attempts]
+    for run_id in requeued:
+        emit(
+            s,
+            run_id,
+            "run.requeued",
+            {"status": RunStatus.QUEUED, "reason": "its worker stopped or lost its lease"},
+        )
+    error = (
+        f"the run was interrupted {max_attempts} times (its worker stopped or lost "
+        "its lease) and was given up"
+    )
+    for run_id in failed:
+        emit(s, run_id, "run.failed", {"status": RunStatus.FAILED, "error": error})
     if failed:
         s.execute(
             update(Run)
@@ -129,8 +184,7 @@ def requeue_expired(s: Session, now: datetime, max_attempts: int) -> tuple[list[
             .values(
                 status=RunStatus.FAILED,
                 completed_at=now,
-                error=f"the run was interrupted {max_attempts} times (its worker "
-                "stopped or lost its lease) and was given up",
+                error=error,
             )
             .execution_options(synchronize_session=False)
         )

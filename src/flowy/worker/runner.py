@@ -20,8 +20,10 @@ from flowy.engine.graph import Workflow
 from flowy.engine.spec import Artifact
 from flowy.media.fetch import FetchPolicy
 from flowy.services.apps import WorkflowCache
+from flowy.services.events import emit
 from flowy.services.files import FileService
 from flowy.services.media import RunMedia
+from flowy.services.runs import CANCELED_BY_REQUEST
 from flowy.services.secrets import SecretService, WorkspaceSecrets
 from flowy.services.states import NodeStatus, RunStatus, claim, fenced_update, finish
 from flowy.settings import Settings
@@ -57,7 +59,9 @@ class RunSink:
             for nid in workflow.order
         }
 
-    def _flush(self) -> None:
+    def _flush(self, node_id: str, event: str) -> None:
+        """Write the node states and the node's event, fenced, in one transaction."""
+        data = {"nodeId": node_id, **self.states[node_id]}
         with self.db.write() as s:
             ok = fenced_update(
                 s,
@@ -66,6 +70,8 @@ class RunSink:
                 self.attempt,
                 nodes={k: dict(v) for k, v in self.states.items()},
             )
+            if ok:
+                emit(s, self.run_id, event, data)
         if not ok:
             self.lost = True
 
@@ -75,22 +81,22 @@ class RunSink:
             self.states[node_id].update(
                 status=NodeStatus.RUNNING, startedAt=_iso_now(), progress=0.0
             )
-            self._flush()
+            self._flush(node_id, "node.started")
 
     def node_progress(self, node_id: str, fraction: float) -> None:
         now = time.monotonic()
         with self._lock:
+            self.states[node_id]["progress"] = round(fraction, 3)
+            # A chatty node must not turn into a write per call.
             if now - self._last_progress.get(node_id, 0.0) < PROGRESS_INTERVAL:
-                self.states[node_id]["progress"] = round(fraction, 3)
                 return
             self._last_progress[node_id] = now
-            self.states[node_id]["progress"] = round(fraction, 3)
-            self._flush()
+            self._flush(node_id, "node.progress")
 
     def node_skipped(self, node_id: str) -> None:
         with self._lock:
             self.states[node_id].update(status=NodeStatus.SKIPPED)
-            self._flush()
+            self._flush(node_id, "node.skipped")
 
     def node_finished(
         self, node_id: str, *, error: str | None = None, cached: bool = False
@@ -107,9 +113,7 @@ class RunSink:
                     state["cached"] = True
             else:
                 state.update(status=NodeStatus.FAILED, error=error)
-            # The terminal write carries the final node states; skip a write per node end
-            # for the last one by writing here only while the run goes on.
-            self._flush()
+            self._flush(node_id, "node.finished" if error is None else "node.failed")
 
     def close_pending(self, status: NodeStatus) -> None:
         with self._lock:
@@ -162,6 +166,8 @@ class RunProcessor:
             version = s.get(AppVersion, run.version_id)
             assert version is not None
         token = CancelToken()
+        if run.cancel_requested_at is not None:
+            token.cancel(CANCELED_BY_REQUEST)
         with self._lock:
             self.active[run_id] = token
         try:
@@ -185,6 +191,21 @@ class RunProcessor:
         workflow = self.workflows.get(version.id, version.workflow)
         sink = RunSink(self.db, run, self.owner, workflow)
         w = self.settings.worker
+        deadline = None
+        if run.deadline_at is not None:
+            left = (run.deadline_at - utcnow()).total_seconds()
+            if left <= 0:
+                with self.db.write() as s:
+                    finish(
+                        s,
+                        run.id,
+                        self.owner,
+                        run.attempt,
+                        RunStatus.FAILED,
+                        error="the run passed its time limit before it started",
+                    )
+                return
+            deadline = time.monotonic() + left
         request = RunRequest(
             run.id,
             run.inputs,
@@ -195,12 +216,15 @@ class RunProcessor:
             fetch_policy=self.policy,
             secrets=WorkspaceSecrets(self.secrets, run.workspace_id),
             cache=self.cache,
+            deadline=deadline,
         )
         try:
             values = self.executor.execute(workflow, request, sink)
         except RunFailed as failed:
             status = RunStatus.CANCELED if failed.canceled else RunStatus.FAILED
             sink.close_pending(NodeStatus.CANCELED)
+            # A canceled or failed run keeps the outputs it had already made.
+            partial = self._store_outputs(run, workflow, failed.outputs, partial=True)
             with self.db.write() as s:
                 ok = finish(
                     s,
@@ -208,6 +232,7 @@ class RunProcessor:
                     self.owner,
                     run.attempt,
                     status,
+                    outputs=partial,
                     error=failed.error,
                     error_node=failed.node_id,
                     nodes=sink.states,
@@ -230,10 +255,12 @@ class RunProcessor:
             logger.warning("run %s: lease lost before finishing; result dropped", run.id)
 
     def _store_outputs(
-        self, run: Run, workflow: Workflow, values: dict[str, object]
+        self, run: Run, workflow: Workflow, values: dict[str, object], *, partial: bool = False
     ) -> list[dict[str, Any]]:
         outputs: list[dict[str, Any]] = []
         for out in workflow.outputs:
+            if out.node_id not in values and partial:
+                continue
             if out.node_id not in values:  # its branch was not taken
                 outputs.append(
                     {"nodeId": out.node_id, "kind": out.output_type, "value": None, "skipped": True}
@@ -263,6 +290,13 @@ class RunProcessor:
                 outputs.append({"nodeId": out.node_id, "kind": out.output_type, "value": value})
         return outputs
 
+    def cancel(self, run_id: str, reason: str) -> None:
+        """Stop a run in flight on this worker, if it is here."""
+        with self._lock:
+            token = self.active.get(run_id)
+        if token is not None:
+            token.cancel(reason)
+
     def renew_leases(self) -> None:
         """Extend the lease of every run in flight; cancel those whose lease was lost."""
         with self._lock:
@@ -276,3 +310,6 @@ class RunProcessor:
                 attempt = run.attempt if run else -1
                 if not fenced_update(s, run_id, self.owner, attempt, lease_expires_at=expires):
                     token.cancel("this worker lost the run's lease")
+                elif run is not None and run.cancel_requested_at is not None:
+                    # Asked from another process: no in-process hook reached us.
+                    token.cancel(CANCELED_BY_REQUEST)
