@@ -111,17 +111,22 @@ class FlowyProcess:
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
+    def request(self, method: str, path: str, key: str | None = None,
+                **kw: Any) -> requests.Response:
+        headers = {**self.headers(key), **kw.pop("headers", {})}
+        return requests.request(method, self.api + path, headers=headers, timeout=30, **kw)
+
     def get(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
-        return requests.get(self.api + path, headers=self.headers(key), timeout=30, **kw)
+        return self.request("GET", path, key, **kw)
 
     def post(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
-        return requests.post(self.api + path, headers=self.headers(key), timeout=30, **kw)
+        return self.request("POST", path, key, **kw)
 
     def patch(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
-        return requests.patch(self.api + path, headers=self.headers(key), timeout=30, **kw)
+        return self.request("PATCH", path, key, **kw)
 
     def delete(self, path: str, key: str | None = None, **kw: Any) -> requests.Response:
-        return requests.delete(self.api + path, headers=self.headers(key), timeout=30, **kw)
+        return self.request("DELETE", path, key, **kw)
 
     def wait_run(self, run_id: str, key: str | None = None, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -133,6 +133,7 @@ class RunService:
             inputs=inputs,
             outputs=[],
             nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order},
+            created_at=utcnow(),
         )
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
