@@ -8,6 +8,8 @@
     ├── BadRequest                  bad_request     400   (malformed JSON, bad multipart)
     ├── PayloadTooLarge             payload_too_large 413
     ├── Conflict                    conflict        409
+    ├── Gone                        gone            410   (a file removed by retention)
+    ├── RateLimited                 rate_limited    429   (Retry-After)
     ├── Forbidden                   forbidden       403   (bad or expired signed URL)
     └── NodeError                   node_failed     --    (fails a run, never an HTTP answer)
         ├── MediaError              media_error           (fetch refused/failed, not an image)
@@ -21,6 +23,7 @@ raises ``HTTPException``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +55,8 @@ class FlowyError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        #: Extra response headers (Retry-After, ...).
+        self.headers: dict[str, str] = {}
 
 
 class AuthError(FlowyError):
@@ -77,6 +82,23 @@ class BadRequest(FlowyError):
 class Conflict(FlowyError):
     code = "conflict"
     status = 409
+
+
+class RateLimited(FlowyError):
+    """Too many requests; ``retry_after`` seconds until one is allowed again."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: float, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after))), **headers}
+
+
+class Gone(FlowyError):
+    code = "gone"
+    status = 410
 
 
 class PayloadTooLarge(FlowyError):

@@ -69,6 +69,51 @@ class CacheSettings(BaseModel):
     max_bytes: int = Field(512 << 20, ge=0, description="Disk the result cache may use.")
 
 
+class LimitSettings(BaseModel):
+    requests_per_minute: int = Field(
+        1200, ge=0, description="Requests a minute per API key (0: no limit)."
+    )
+    burst: int = Field(200, ge=1, description="Requests a key may send at once.")
+    concurrent_runs: int = Field(
+        16,
+        ge=0,
+        description="Runs of one workspace running at once; more wait queued (0: no limit).",
+    )
+    max_inputs: int = Field(100, ge=1, description="Most inputs one run request may carry.")
+
+
+class RetentionSettings(BaseModel):
+    outputs_seconds: int = Field(7 * 24 * 3600, ge=1, description="How long run outputs are kept.")
+    uploads_seconds: int = Field(24 * 3600, ge=1, description="How long uploads are kept.")
+    sweep_seconds: float = Field(300.0, gt=0, description="How often expired files go.")
+
+
+#: Seconds between the attempts of a webhook delivery after the first (made at once):
+#: 5 s, 5 min, 30 min, 2 h, 5 h, then 10 h six times; about three days, then it fails.
+WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, *(36000.0,) * 6)
+
+
+class WebhookSettings(BaseModel):
+    dispatch: bool = Field(
+        True, description="Send webhook deliveries from this process (the dispatcher thread)."
+    )
+    retry_schedule: list[float] = Field(
+        default_factory=lambda: list(WEBHOOK_RETRY_SCHEDULE),
+        description="Seconds to wait before each retry of a failed delivery (the first "
+        "attempt is made at once); when they are used up the delivery has failed.",
+    )
+    retry_scale: float = Field(
+        1.0, gt=0, description="Multiplies every retry delay (tests shrink the schedule)."
+    )
+    poll_seconds: float = Field(
+        1.0, gt=0, description="How often the dispatcher looks for due deliveries."
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="Time limit of one delivery attempt (the whole POST)."
+    )
+    concurrency: int = Field(4, ge=1, description="Deliveries sent at once.")
+
+
 class Settings(BaseSettings):
     """Everything Flowy reads from its environment."""
 
@@ -99,6 +144,9 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
     media: MediaSettings = Field(default_factory=lambda: MediaSettings())
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
+    limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
+    retention: RetentionSettings = Field(default_factory=lambda: RetentionSettings())
+    webhooks: WebhookSettings = Field(default_factory=lambda: WebhookSettings())
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "FLOWY_LOG_LEVEL"))
 
     @property

@@ -30,7 +30,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowyProcess]:
 
 @pytest.fixture(scope="module")
 def app_id(strict: FlowyProcess) -> str:
-    return str(strict.get("/apps").json()["data"][0]["id"])
+    apps = strict.get("/apps").json()["data"]
+    return str(next(a["id"] for a in apps if a["title"] == "Headshot generator"))
 
 
 def _run(server: FlowyProcess, app_id: str, inputs: dict[str, object]) -> dict[str, object]:

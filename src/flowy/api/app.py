@@ -11,6 +11,7 @@ from flowy import __version__
 from flowy.api import errors
 from flowy.api.limits import BodyLimit
 from flowy.api.routes import router
+from flowy.api.webhooks import router as webhooks_router
 from flowy.services.platform import Platform
 from flowy.settings import Settings, load_settings
 
@@ -42,4 +43,5 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         BodyLimit, default=settings.server.max_body_bytes, uploads=settings.media.max_bytes + 65536
     )
     app.include_router(router)
+    app.include_router(webhooks_router)
     return app

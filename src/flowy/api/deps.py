@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
 from flowy.errors import BadRequest, Issue, ValidationFailed
 from flowy.services.keys import authenticate
@@ -20,9 +20,16 @@ def platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(platform)]
 
 
-def workspace(p: PlatformDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The workspace of the Bearer key; AuthError (401) otherwise."""
-    return authenticate(p.db, authorization)
+def workspace(
+    p: PlatformDep,
+    response: Response,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """The workspace of the Bearer key; AuthError (401) otherwise, RateLimited (429) when
+    the key is over its request rate."""
+    caller = authenticate(p.db, authorization)
+    response.headers.update(p.limiter.hit(caller.key_id))
+    return caller.workspace_id
 
 
 WorkspaceDep = Annotated[str, Depends(workspace)]

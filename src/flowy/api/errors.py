@@ -40,7 +40,9 @@ def error_response(
 def install(app: FastAPI) -> None:
     @app.exception_handler(FlowyError)
     async def _flowy(_req: Request, exc: FlowyError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -19,6 +19,7 @@ from flowy.api.views import app_detail, app_summary, iso
 from flowy.db.models import Asset, RunEvent
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
 from flowy.services.events import TERMINAL_EVENTS, read_events
+from flowy.services.idempotency import Answer, request_hash
 from flowy.services.platform import Platform
 from flowy.services.runs import RunFilter
 from flowy.services.secrets import SecretInfo
@@ -118,25 +119,46 @@ async def create_run(
     body: BodyDep,
     response: Response,
     prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Data:
-    """Start a run.  With ``Prefer: wait=N`` (N ≤ 60) answer when the run has ended or N
-    seconds have passed, with the run as ``GET /runs/{id}`` shows it."""
+    """Start a run.
+
+    The same ``Idempotency-Key`` and body within 24 h replay the first answer instead of
+    starting another run.  With ``Prefer: wait=N`` (N ≤ 60) answer when the run has ended
+    or N seconds have passed, with the run as ``GET /runs/{id}`` shows it.
+    """
     wait = _prefer_wait(prefer)
+
+    def start() -> Answer:
+        run = p.runs.create(ws, app_id, body)
+        return Answer(
+            201,
+            {
+                "data": {
+                    "runId": run.id,
+                    "status": run.status,
+                    "appId": run.app_id,
+                    "createdAt": iso(run.created_at),
+                }
+            },
+        )
+
+    if idempotency_key is None:
+        answer = await run_in_threadpool(start)
+    else:
+        fingerprint = request_hash(app_id, body)
+        answer = await run_in_threadpool(
+            p.idempotency.run_once, ws, idempotency_key, fingerprint, start
+        )
+        if answer.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
     if wait is None:
-        run = await run_in_threadpool(p.runs.create, ws, app_id, body)
-        return {
-            "data": {
-                "runId": run.id,
-                "status": run.status,
-                "appId": run.app_id,
-                "createdAt": iso(run.created_at),
-            }
-        }
-    run = await run_in_threadpool(p.runs.create, ws, app_id, body)
-    with p.bus.subscribe(run.id) as sub:
+        return answer.body
+    run_id = answer.body["data"]["runId"]
+    with p.bus.subscribe(run_id) as sub:
         deadline = time.monotonic() + wait
         while True:
-            run = await run_in_threadpool(p.runs.get, ws, run.id)
+            run = await run_in_threadpool(p.runs.get, ws, run_id)
             left = deadline - time.monotonic()
             if run.status in TERMINAL or left <= 0:
                 break

@@ -1,36 +1,34 @@
-"""The ``flowy`` command: run the server, manage keys, create and list apps."""
+"""The ``flowy`` command: run the server, manage keys and workspaces; the commands that
+talk to the API (apps, run, runs) are in :mod:`flowy.cli.remote`."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
+from flowy.cli import remote
 from flowy.settings import Settings, load_settings
 
 app = typer.Typer(
-    help="Flowy: node-graph workflows as apps behind an async REST API.",
+    help="Flowy: node-graph workflows as apps behind an async REST API.\n\n"
+    "serve, migrate, keys and workspaces work on the local data directory; apps, run and "
+    "runs talk to FLOWY_API with FLOWY_KEY.",
+    epilog=remote.EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
 )
 keys_app = typer.Typer(
     help="Manage API keys (works on the local data directory).", no_args_is_help=True
 )
-apps_app = typer.Typer(
-    help="Create and list apps (talks to FLOWY_API with FLOWY_KEY).", no_args_is_help=True
-)
 workspaces_app = typer.Typer(
     help="Manage workspaces (works on the local data directory).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(workspaces_app, name="workspaces")
-app.add_typer(apps_app, name="apps")
 
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (FLOWY_DATA_DIR).")]
 
@@ -183,71 +181,7 @@ def workspaces_list(data_dir: DataDir = None) -> None:
             typer.echo(f"{w.id}  {w.name}")
 
 
-def _client() -> httpx.Client:
-    api = os.environ.get("FLOWY_API")
-    key = os.environ.get("FLOWY_KEY")
-    if not api or not key:
-        _fail("set FLOWY_API and FLOWY_KEY (flowy serve prints both on first start)")
-    return httpx.Client(
-        base_url=str(api).rstrip("/"), timeout=30, headers={"Authorization": f"Bearer {key}"}
-    )
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    with _client() as c:
-        try:
-            res = c.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {c.base_url}: {exc}")
-    body = res.json() if res.headers.get("content-type", "").startswith("application/json") else {}
-    if res.status_code >= 400:
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        _fail(f"{res.status_code} {err.get('code', '')}: {err.get('message', res.text)}")
-    return body.get("data")
-
-
-@apps_app.command("create")
-def apps_create(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            help="App JSON: {title, workflow, ...} or a bare workflow {nodes: [...]}", exists=True
-        ),
-    ],
-    title: Annotated[str | None, typer.Option(help="Title (overrides the file's).")] = None,
-    publish: Annotated[bool, typer.Option(help="Publish it so it can be run.")] = True,
-) -> None:
-    """Create an app from a workflow JSON file."""
-    try:
-        doc = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        _fail(f"{file} is not valid JSON: {exc}")
-    if isinstance(doc, dict) and "nodes" in doc:
-        doc = {"workflow": doc}
-    if not isinstance(doc, dict):
-        _fail(f"{file} must hold a JSON object")
-    doc["title"] = title or doc.get("title") or file.stem
-    doc["published"] = publish
-    data = _call("POST", "/apps", json=doc)
-    typer.echo(
-        f'created app {data["id"]} "{data["title"]}" (version {data["version"]}, '
-        f"{'published' if data['published'] else 'draft'})"
-    )
-    for i in data["inputs"]:
-        typer.echo(
-            f"  input  {i['nodeId']:<10} {i['kind']:<10} {i['label']}"
-            f"{' (required)' if i['required'] else ''}"
-        )
-    for o in data["outputs"]:
-        typer.echo(f"  output {o['nodeId']:<10} {o['outputType']:<10} {o['label']}")
-
-
-@apps_app.command("list")
-def apps_list() -> None:
-    """List the apps of the key's workspace."""
-    for a in _call("GET", "/apps"):
-        state = "published" if a["published"] else "draft"
-        typer.echo(f"{a['id']}  {a['title']:<32} {state:<9} {a['runCount']} runs")
+remote.register(app)  # apps, run, runs: the commands that talk to FLOWY_API
 
 
 def main() -> None:

@@ -113,6 +113,9 @@ class Run(Base):
     cancel_requested_at: Mapped[datetime | None]
     #: When the run must have ended (``timeoutSeconds`` of the request).
     deadline_at: Mapped[datetime | None]
+    #: The run's own webhook (``webhook`` of the request) and the events it is sent.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class RunEvent(Base):
@@ -155,3 +158,112 @@ class Secret(Base):
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a request sent with an ``Idempotency-Key``, kept for replays."""
+
+    __tablename__ = "idempotency_keys"
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    #: "pending" while the first request runs, then "done".
+    state: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebhookEndpoint(Base):
+    """A workspace's webhook receiver: a URL, the events it wants, its signing secret."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = _id()
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    events: Mapped[list[Any]]
+    enabled: Mapped[bool] = mapped_column(default=True)
+    #: Why the endpoint was disabled by Flowy (it answered ``410 Gone``), if it was.
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    #: The ``whsec_`` secret, Fernet-sealed; after a rotation the previous one stays
+    #: valid (messages carry both signatures) until ``previous_expires_at``.
+    secret_ciphertext: Mapped[str] = mapped_column(Text)
+    previous_secret_ciphertext: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookRunSecret(Base):
+    """The secret that signs a workspace's per-run webhooks (``webhook`` of a run)."""
+
+    __tablename__ = "webhook_run_secrets"
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    secret_ciphertext: Mapped[str] = mapped_column(Text)
+    previous_secret_ciphertext: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookMessage(Base):
+    """One event to announce (``webhook-id`` is its id): the run as it was then."""
+
+    __tablename__ = "webhook_messages"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    #: The run's stored columns at the event; output links are signed at each attempt.
+    run: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """A message on its way to one receiver: an endpoint, or the run's own webhook
+    (``url``).  Written in the transaction of the event; the dispatcher sends it."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_workspace_created", "workspace_id", "created_at"),
+    )
+    id: Mapped[str] = _id()
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id"), index=True)
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    url: Mapped[str | None] = mapped_column(Text)
+    #: pending -> sending -> delivered | pending (retry) | failed
+    status: Mapped[str] = mapped_column(String(16))
+    #: Position in the retry schedule: attempts made since the last (re)delivery request.
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: when, the answer or the error, how long it took."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    #: The ``webhook-timestamp`` sent (unix seconds).
+    timestamp: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The start of the receiver's answer body, for debugging.
+    response: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -27,6 +27,7 @@ PORT_TYPES: dict[str, str] = {
     "number": "int | float",
     "boolean": "bool",
     "json": "any JSON value",
+    "file": "flowy.engine.spec.Artifact",
     "any": "anything",
 }
 

@@ -19,6 +19,10 @@ out credentials.  :func:`fetch_url` therefore
 * stops reading once the body is larger than :attr:`FetchPolicy.max_bytes`;
 * bounds the whole fetch - name resolution, every hop, every read - by one deadline.
 
+:func:`request` sends any method with headers and a body under the same guard (pinned
+addresses, every redirect checked, size and time limits) and returns the answer whatever
+its status: the HTTP node and the provider nodes call services through it.
+
 :func:`read_data_uri` decodes ``data:`` URIs under the same size limit.
 
 Messages and logs name URLs without their userinfo, query string or fragment: presigned
@@ -31,6 +35,7 @@ import base64
 import binascii
 import concurrent.futures
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -439,8 +444,14 @@ class _PinnedBackend(httpcore.NetworkBackend):
 # --------------------------------------------------------------------------- fetching
 
 
+class TransientFetchError(MediaError):
+    """A fetch or request failed in a way that may pass on its own: timed out, connection
+    refused or reset, the server broke the protocol.  Callers that retry (provider nodes)
+    retry these; refusals by the guard are never transient."""
+
+
 def _timed_out(display: str, policy: FetchPolicy) -> MediaError:
-    return MediaError(f"failed to fetch {display}: timed out after {policy.timeout:g} s")
+    return TransientFetchError(f"failed to fetch {display}: timed out after {policy.timeout:g} s")
 
 
 def _resolve_checked(target: _Target, policy: FetchPolicy, deadline: _Deadline) -> list[IPAddress]:
@@ -509,6 +520,14 @@ def _header(response: httpcore.Response, name: bytes) -> str | None:
 @dataclass(frozen=True)
 class _Redirect:
     location: str
+    status: int
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    data: bytes
 
 
 def _original_error(exc: BaseException) -> BaseException | None:
@@ -522,16 +541,28 @@ def _original_error(exc: BaseException) -> BaseException | None:
     return exc.__cause__ or exc.__context__
 
 
-def _request_once(
-    pool: httpcore.ConnectionPool, target: _Target, policy: FetchPolicy, deadline: _Deadline
-) -> Fetched | _Redirect:
-    """GET one hop: its body (``Fetched.url`` left empty) or where it redirects to.
+def _exchange(
+    pool: httpcore.ConnectionPool,
+    target: _Target,
+    policy: FetchPolicy,
+    deadline: _Deadline,
+    *,
+    method: bytes = b"GET",
+    headers: typing.Sequence[tuple[bytes, bytes]] = (),
+    body: bytes | None = None,
+    strict: bool = True,
+) -> _Answer | _Redirect:
+    """One hop: its answer or where it redirects to.
+
+    ``headers`` come after Flowy's defaults and replace those of the same name.  With
+    ``strict`` a non-2xx answer raises; without, it is returned like any other.
 
     Raises:
-        MediaError: non-2xx answer, body too large, connection failure, timeout.
+        MediaError: non-2xx answer (``strict``), body too large; TransientFetchError for
+            a connection failure or timeout.
     """
     display = target.display
-    headers = [
+    defaults = [
         (b"Host", target.host_header),
         (b"User-Agent", _USER_AGENT),
         (b"Accept", b"*/*"),
@@ -540,7 +571,12 @@ def _request_once(
         (b"Accept-Encoding", b"identity"),
     ]
     if target.authorization is not None:
-        headers.append((b"Authorization", target.authorization))
+        defaults.append((b"Authorization", target.authorization))
+    given = {name.lower() for name, _ in headers}
+    wire = [(k, v) for k, v in defaults if k.lower() not in given or k == b"Host"]
+    wire.extend(headers)
+    if body is not None or method in (b"POST", b"PUT", b"PATCH"):
+        wire.append((b"Content-Length", str(len(body or b"")).encode("ascii")))
     url = httpcore.URL(
         scheme=target.scheme.encode("ascii"),
         host=target.host.encode("ascii"),
@@ -550,13 +586,15 @@ def _request_once(
     try:
         left = deadline.remaining()
         timeouts = {"connect": left, "read": left, "write": left, "pool": left}
-        with pool.stream(b"GET", url, headers=headers, extensions={"timeout": timeouts}) as resp:
+        with pool.stream(
+            method, url, headers=wire, content=body, extensions={"timeout": timeouts}
+        ) as resp:
             status = resp.status
             if status in _REDIRECT_STATUSES:
                 location = _header(resp, b"location")
                 if location:
-                    return _Redirect(location)
-            if not 200 <= status < 300:
+                    return _Redirect(location, status)
+            if strict and not 200 <= status < 300:
                 raise MediaError(f"failed to fetch {display}: server answered HTTP {status}")
 
             length = _header(resp, b"content-length")
@@ -577,7 +615,10 @@ def _request_once(
                         f"{policy.max_bytes}-byte limit"
                     )
                 chunks.append(chunk)
-            return Fetched(b"".join(chunks), _header(resp, b"content-type") or None, "")
+            answer_headers = tuple(
+                (k.decode("latin-1"), v.decode("latin-1").strip()) for k, v in resp.headers
+            )
+            return _Answer(status, answer_headers, b"".join(chunks))
     except httpcore.TimeoutException:
         raise _timed_out(display, policy) from None
     except httpcore.ConnectError as exc:
@@ -586,13 +627,35 @@ def _request_once(
             what = "connection refused"
         elif isinstance(cause, ssl.SSLCertVerificationError):
             what = f"TLS certificate verification failed ({cause.verify_message})"
+            raise MediaError(f"failed to fetch {display}: {what}") from exc
         elif isinstance(cause, ssl.SSLError):
             what = f"TLS handshake failed ({cause.reason or cause})"
+            raise MediaError(f"failed to fetch {display}: {what}") from exc
         else:
             what = f"could not connect ({exc})"
-        raise MediaError(f"failed to fetch {display}: {what}") from exc
+        raise TransientFetchError(f"failed to fetch {display}: {what}") from exc
     except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-        raise MediaError(f"failed to fetch {display}: connection failed ({exc})") from exc
+        raise TransientFetchError(f"failed to fetch {display}: connection failed ({exc})") from exc
+
+
+def _too_many_redirects(url: str, policy: FetchPolicy) -> MediaError:
+    return MediaError(
+        f"refused to fetch {_display_url(url)}: too many redirects "
+        f"(more than {policy.max_redirects})"
+    )
+
+
+def _pool(deadline: _Deadline) -> tuple[httpcore.ConnectionPool, _PinnedBackend]:
+    backend = _PinnedBackend(deadline)
+    # httpx's context honours SSL_CERT_FILE / SSL_CERT_DIR, like every httpx client.
+    pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        network_backend=backend,
+        retries=0,
+        http1=True,
+        http2=False,
+    )
+    return pool, backend
 
 
 def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
@@ -609,28 +672,177 @@ def fetch_url(url: str, policy: FetchPolicy) -> Fetched:
             TLS failure, timed out, non-2xx answer).
     """
     deadline = _Deadline(policy.timeout)
-    backend = _PinnedBackend(deadline)
     current = url
-    # httpx's context honours SSL_CERT_FILE / SSL_CERT_DIR, like every httpx client.
-    ssl_context = httpx.create_ssl_context()
-    with httpcore.ConnectionPool(
-        ssl_context=ssl_context, network_backend=backend, retries=0, http1=True, http2=False
-    ) as pool:
+    pool, backend = _pool(deadline)
+    with pool:
         for hop in range(policy.max_redirects + 1):
             target = _parse_target(current)
             addresses = _resolve_checked(target, policy, deadline)
             backend.pin(target.host, target.port, addresses)
             logger.debug("fetching %s (hop %d) from %s", target.display, hop, addresses[0])
-            result = _request_once(pool, target, policy, deadline)
-            if isinstance(result, Fetched):
+            result = _exchange(pool, target, policy, deadline)
+            if isinstance(result, _Answer):
                 logger.debug("fetched %s: %d bytes", target.display, len(result.data))
-                return Fetched(result.data, result.content_type, current)
+                content_type = dict((k.lower(), v) for k, v in result.headers).get("content-type")
+                return Fetched(result.data, content_type or None, current)
             # Relative Locations resolve against the URL that answered.
             current = urljoin(current, result.location)
-    raise MediaError(
-        f"refused to fetch {_display_url(url)}: too many redirects "
-        f"(more than {policy.max_redirects})"
-    )
+    raise _too_many_redirects(url, policy)
+
+
+# --------------------------------------------------------------------------- requests
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+# Framing and hop-by-hop headers are Flowy's to set; a caller's would corrupt the request.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "accept-encoding",
+    }
+)
+# The caller's headers that survive a redirect to another origin; the rest (credentials
+# in Authorization, X-Api-Key, cookies...) are meant for the origin they were given for.
+_CROSS_ORIGIN_HEADERS = frozenset({"accept", "accept-language", "content-type", "user-agent"})
+
+
+@dataclass(frozen=True)
+class Response:
+    """The answer to :func:`request`: status, headers (in order, names as sent), body,
+    and the URL after redirects (query string included: do not log it)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k.lower() == wanted), None)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def content_type(self) -> str | None:
+        return self.header("content-type")
+
+    @property
+    def text(self) -> str:
+        """The body decoded with the charset of its Content-Type (UTF-8 by default)."""
+        charset = "utf-8"
+        for param in (self.content_type or "").split(";")[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip('"')
+        try:
+            return self.body.decode(charset, errors="replace")
+        except LookupError:
+            return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> typing.Any:
+        """The body parsed as JSON; ValueError when it is not JSON."""
+        return json.loads(self.body)
+
+
+def _wire_headers(headers: typing.Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """Check the caller's headers and encode them; messages name a header, never its
+    value (values carry credentials)."""
+    wire: list[tuple[bytes, bytes]] = []
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME_RE.match(name):
+            raise MediaError(f"invalid request header name {name[:60]!r}")
+        if name.lower() in _RESERVED_HEADERS:
+            raise MediaError(f"request header {name!r} is set by Flowy and cannot be given")
+        if any(c in value for c in "\r\n\0"):
+            raise MediaError(f"request header {name!r} has a line break or NUL in its value")
+        try:
+            encoded = value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise MediaError(
+                f"request header {name!r} has characters outside Latin-1 in its value"
+            ) from None
+        wire.append((name.encode("ascii"), encoded.strip()))
+    return wire
+
+
+def _origin(target: _Target) -> tuple[str, str, int]:
+    return (target.scheme, target.host, target.port)
+
+
+def request(
+    method: str,
+    url: str,
+    policy: FetchPolicy,
+    *,
+    headers: typing.Mapping[str, str] | None = None,
+    body: bytes | None = None,
+) -> Response:
+    """Send an HTTP request under the same guard as :func:`fetch_url` and return the
+    answer, whatever its status.
+
+    Every hop must be http(s) and resolve only to addresses ``policy`` allows, connections
+    are pinned to the checked addresses, the body is capped at ``policy.max_bytes`` and
+    the whole exchange, redirects included, ends within ``policy.timeout``.  Redirects
+    are followed as browsers do: 303 (and 301/302 after a POST) become a GET without the
+    body; 307 and 308 repeat the method and body.  A redirect to another origin drops
+    every caller header but Accept, Accept-Language, Content-Type and User-Agent, so
+    credentials never travel to a host they were not given for.  Header values never
+    appear in messages or logs.
+
+    Raises:
+        MediaError: refused (method, header, scheme, address, too many redirects, body
+            too large) or failed; :class:`TransientFetchError` for timeouts and
+            connection failures, which a caller may retry.
+    """
+    verb = method.upper()
+    if verb not in METHODS:
+        raise MediaError(f"unsupported HTTP method {method[:20]!r}")
+    caller = _wire_headers(headers)
+    deadline = _Deadline(policy.timeout)
+    current = url
+    first: tuple[str, str, int] | None = None
+    pool, backend = _pool(deadline)
+    with pool:
+        for hop in range(policy.max_redirects + 1):
+            target = _parse_target(current)
+            if first is None:
+                first = _origin(target)
+            elif _origin(target) != first:
+                caller = [(k, v) for k, v in caller if k.lower().decode() in _CROSS_ORIGIN_HEADERS]
+            addresses = _resolve_checked(target, policy, deadline)
+            backend.pin(target.host, target.port, addresses)
+            logger.debug("%s %s (hop %d) to %s", verb, target.display, hop, addresses[0])
+            result = _exchange(
+                pool,
+                target,
+                policy,
+                deadline,
+                method=verb.encode("ascii"),
+                headers=caller,
+                body=body,
+                strict=False,
+            )
+            if isinstance(result, _Answer):
+                logger.debug("%s %s: HTTP %d", verb, target.display, result.status)
+                return Response(result.status, result.headers, result.data, current)
+            if result.status == 303 or (result.status in (301, 302) and verb == "POST"):
+                verb = "GET" if verb != "HEAD" else verb
+                body = None
+                caller = [(k, v) for k, v in caller if k.lower() != b"content-type"]
+            current = urljoin(current, result.location)
+    raise _too_many_redirects(url, policy)
 
 
 # --------------------------------------------------------------------------- data: URIs

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,9 +17,11 @@ from flowy.engine.inputs import (
     NumberInputParams,
     TextInputParams,
 )
-from flowy.engine.spec import Artifact, NodeContext, Port, node
+from flowy.engine.spec import SKIP, Artifact, NodeContext, Port, node
+from flowy.errors import MediaError, NodeError
 from flowy.media.decode import decode_image as _decode
 from flowy.media.decode import encode_image
+from flowy.media.sniff import extension_for, sniff_content_type
 
 
 @node(
@@ -90,12 +94,97 @@ def image_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]
     """An image the caller passes by URL (http(s), data: URI or an upload's URL).
 
     The server fetches it behind the address guard and decodes it (EXIF orientation
-    applied); a URL that cannot be fetched or is not an image fails the run.
+    applied); a URL that cannot be fetched or is not an image fails the run.  An optional
+    image the caller leaves out gives nothing: nodes that need it are skipped, optional
+    inputs fed by it get none.
     """
     url = ctx.input_value if ctx.input_value is not None else params.default
+    if url is None:
+        return {"image": SKIP}
     data = ctx.media.read(str(url))
     ctx.check_canceled()
     return {"image": _decode(data, max_pixels=ctx.max_pixels)}
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
+
+
+def _filename(url: str, content_type: str, fallback: str) -> str:
+    """A safe download name for a fetched file: the URL's last path segment (an upload
+    link ends with the upload's name), its extension set from the sniffed type."""
+    stem, ext = fallback, ""
+    if not url.startswith("data:"):
+        last = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        base, dot, suffix = _SAFE_NAME.sub("_", last).strip("._").rpartition(".")
+        stem = (base if dot else suffix)[:64] or fallback
+        ext = suffix[:10].lower() if dot else ""
+    if content_type != "application/octet-stream" or not ext:
+        ext = extension_for(content_type)
+    return f"{stem}.{ext}"
+
+
+def _file_input(ctx: NodeContext, params: MediaInputParams, kind: str) -> dict[str, object]:
+    url = ctx.input_value if ctx.input_value is not None else params.default
+    if url is None:
+        return {"file": SKIP}
+    data = ctx.media.read(str(url))
+    ctx.check_canceled()
+    if not data:
+        raise MediaError(f"the {kind} file is empty")
+    content_type = sniff_content_type(data)
+    major = content_type.split("/", 1)[0]
+    unknown = content_type == "application/octet-stream"
+    if kind == "audio" and not (unknown or major in ("audio", "video")):
+        raise MediaError(f"not an audio file: the content is {content_type}")
+    if kind == "video" and not (unknown or major == "video" or content_type == "image/gif"):
+        raise MediaError(f"not a video file: the content is {content_type}")
+    return {"file": Artifact(data, content_type, _filename(str(url), content_type, kind))}
+
+
+@node(
+    "input.audio_url",
+    title="Audio input",
+    category="input",
+    input_kind="audio_url",
+    params=MediaInputParams,
+    outputs={"file": Port("file", "The audio file")},
+    deterministic=False,
+)
+def audio_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]:
+    """An audio file the caller passes by URL (http(s), data: URI or an upload's URL):
+    MP3, WAV, M4A/AAC, Ogg, FLAC, or a video whose sound is wanted.  Content that is
+    clearly not audio (an image, a PDF) fails the run."""
+    return _file_input(ctx, params, "audio")
+
+
+@node(
+    "input.video_url",
+    title="Video input",
+    category="input",
+    input_kind="video_url",
+    params=MediaInputParams,
+    outputs={"file": Port("file", "The video file")},
+    deterministic=False,
+)
+def video_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]:
+    """A video the caller passes by URL (http(s), data: URI or an upload's URL): MP4,
+    MOV, WebM, AVI or an animated GIF.  Content that is clearly not video fails the run."""
+    return _file_input(ctx, params, "video")
+
+
+@node(
+    "input.file_url",
+    title="File input",
+    category="input",
+    input_kind="file_url",
+    params=MediaInputParams,
+    outputs={"file": Port("file")},
+    deterministic=False,
+)
+def file_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]:
+    """Any file the caller passes by URL (http(s), data: URI or an upload's URL); its type
+    is judged from its content."""
+    return _file_input(ctx, params, "file")
 
 
 class ImageOutputParams(BaseModel):
@@ -107,6 +196,17 @@ class ImageOutputParams(BaseModel):
         "output",
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
         description="File name, without extension, of the download.",
+    )
+
+
+class FileOutputParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = None
+    filename: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._\-]{1,64}$",
+        description="File name, without extension, of the download; by default the "
+        "file's own name.",
     )
 
 
@@ -131,6 +231,27 @@ def image_output(
     data, content_type = encode_image(image, params.format, quality=params.quality)
     ext = "jpg" if params.format == "jpeg" else params.format
     return {"value": Artifact(data, content_type, f"{params.filename}.{ext}")}
+
+
+@node(
+    "output.file",
+    title="File output",
+    category="output",
+    output_kind="file",
+    params=FileOutputParams,
+    inputs={"file": Port("file")},
+    outputs={},
+)
+def file_output(ctx: NodeContext, params: FileOutputParams, file: Artifact) -> dict[str, object]:
+    """A file result of the app (video, audio, document...), downloadable by signed URL;
+    its extension follows its content."""
+    if not isinstance(file, Artifact):
+        raise NodeError(f"expected a file, got {type(file).__name__}")
+    if params.filename is None:
+        return {"value": file}
+    ext = file.filename.rpartition(".")[2] if "." in file.filename else ""
+    ext = ext or extension_for(file.content_type)
+    return {"value": Artifact(file.data, file.content_type, f"{params.filename}.{ext}")}
 
 
 @node(
@@ -162,8 +283,6 @@ def json_output(ctx: NodeContext, params: ValueOutputParams, value: object) -> d
     try:
         return {"value": json.loads(json.dumps(value))}
     except (TypeError, ValueError) as exc:
-        from flowy.errors import NodeError
-
         raise NodeError(f"value is not JSON: {exc}") from None
 
 
@@ -173,7 +292,11 @@ NODES = [
     boolean_input,
     choice_input,
     image_input,
+    audio_input,
+    video_input,
+    file_input,
     image_output,
+    file_output,
     text_output,
     json_output,
 ]

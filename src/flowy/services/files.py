@@ -9,45 +9,34 @@ refusing Flowy's own loopback address).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
-from flowy.db.models import Asset
+from sqlalchemy import delete, select
+
+from flowy.db.models import Asset, utcnow
 from flowy.db.session import Database
-from flowy.errors import FlowyError, Forbidden, MediaError, NotFound
+from flowy.errors import FlowyError, Forbidden, Gone, MediaError, NotFound
 from flowy.ids import is_id
+from flowy.media.sniff import sniff_content_type
 from flowy.storage.base import BlobStore
 from flowy.storage.signing import UrlSigner
 
+logger = logging.getLogger(__name__)
+
 FILES_PREFIX = "/v1/files/"
-
-_MAGIC: list[tuple[bytes, str]] = [
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"%PDF-", "application/pdf"),
-]
-
-
-def sniff_content_type(data: bytes) -> str:
-    """The type of a file from its first bytes; never from what the sender claimed."""
-    for magic, ctype in _MAGIC:
-        if data.startswith(magic):
-            return ctype
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "audio/wav"
-    if data[4:8] == b"ftyp":
-        return "video/mp4"
-    return "application/octet-stream"
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[0] if values else None
+
+
+def _expired(asset: Asset) -> bool:
+    return asset.expires_at is not None and asset.expires_at <= utcnow()
 
 
 @dataclass(frozen=True)
@@ -58,13 +47,21 @@ class SignedLink:
 
 class FileService:
     def __init__(
-        self, db: Database, blobs: BlobStore, signer: UrlSigner, base_url: str, ttl_seconds: int
+        self,
+        db: Database,
+        blobs: BlobStore,
+        signer: UrlSigner,
+        base_url: str,
+        ttl_seconds: int,
+        retention: Mapping[str, int] | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self.ttl = ttl_seconds
+        #: How long files of each kind ("upload", "output") are kept, in seconds.
+        self.retention = dict(retention or {})
 
     def store(
         self,
@@ -78,7 +75,11 @@ class FileService:
     ) -> Asset:
         """Keep ``data`` (content-addressed) and record it as an asset of the workspace."""
         key = self.blobs.put(data)
+        keep = self.retention.get(kind)
+        now = utcnow()
         asset = Asset(
+            created_at=now,
+            expires_at=now + timedelta(seconds=keep) if keep else None,
             workspace_id=workspace_id,
             kind=kind,
             key=key,
@@ -103,12 +104,32 @@ class FileService:
         path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"
         self.signer.verify("GET", path, expires, signature)
         asset = self._asset(asset_id)
-        if asset is None or asset.filename != filename:
-            raise NotFound("file not found")
+        # The link is genuine, so the file existed: it was removed by retention.
+        if asset is None or asset.filename != filename or _expired(asset):
+            raise Gone("this file was deleted after its retention period")
         try:
             return asset, self.blobs.get(asset.key)
         except FileNotFoundError:
-            raise NotFound("file is no longer stored") from None
+            raise Gone("this file was deleted after its retention period") from None
+
+    def purge_expired(self, batch: int = 500) -> int:
+        """Delete files past their retention: the rows, and each blob no file still uses."""
+        now = utcnow()
+        with self.db.write() as s:
+            rows = s.execute(
+                select(Asset.id, Asset.key)
+                .where(Asset.expires_at.is_not(None), Asset.expires_at < now)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return 0
+            s.execute(delete(Asset).where(Asset.id.in_([r.id for r in rows])))
+            keys = {r.key for r in rows}
+            still_used = set(s.scalars(select(Asset.key).where(Asset.key.in_(keys))))
+        for key in keys - still_used:
+            self.blobs.delete(key)
+        logger.info("retention: deleted %d file(s)", len(rows))
+        return len(rows)
 
     def get(self, workspace_id: str, asset_id: str) -> Asset:
         """An asset of the workspace; NotFound for an unknown id or another workspace's."""
@@ -162,8 +183,11 @@ class FileService:
                 "the file link is invalid or has expired; upload the file again"
             ) from None
         asset = self._asset(asset_id)
-        if asset is None or asset.workspace_id != workspace_id:
-            raise MediaError("the file link points to a file that does not exist")
+        if asset is None or asset.workspace_id != workspace_id or _expired(asset):
+            raise MediaError(
+                "the file link points to a file that does not exist (or was "
+                "deleted after its retention period)"
+            )
         try:
             return self.blobs.get(asset.key)
         except FileNotFoundError:

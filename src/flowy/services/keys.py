@@ -93,8 +93,16 @@ def revoke_key(db: Database, key_id: str) -> KeyInfo:
         return _info(row)
 
 
-def authenticate(db: Database, authorization: str | None) -> str:
-    """Return the workspace id of a ``Bearer`` key; raise AuthError otherwise."""
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and the workspace it belongs to."""
+
+    workspace_id: str
+    key_id: str
+
+
+def authenticate(db: Database, authorization: str | None) -> Principal:
+    """Return the caller of a ``Bearer`` key; raise AuthError otherwise."""
     if not authorization:
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
     scheme, _, token = authorization.partition(" ")
@@ -114,4 +122,4 @@ def authenticate(db: Database, authorization: str | None) -> str:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
         with db.write() as s:
             s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return str(row.workspace_id)
+    return Principal(str(row.workspace_id), str(row.id))

@@ -15,13 +15,17 @@ from flowy.errors import FlowyError
 from flowy.services.apps import AppService, WorkflowCache
 from flowy.services.events import EventBus, LocalEventBus
 from flowy.services.files import FileService
+from flowy.services.idempotency import IdempotencyStore
+from flowy.services.limits import RateLimiter
 from flowy.services.runs import RunService
 from flowy.services.secrets import SecretService
+from flowy.services.webhooks import WebhookService
 from flowy.settings import Settings
 from flowy.storage.cache import DiskResultCache
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
 from flowy.worker.pool import LocalWorkerPool
+from flowy.worker.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ class Platform:
     secrets: SecretService
     workers: LocalWorkerPool
     bus: EventBus
+    limiter: RateLimiter
+    idempotency: IdempotencyStore
+    webhooks: WebhookService
+    dispatcher: WebhookDispatcher
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -51,6 +59,10 @@ class Platform:
             UrlSigner(settings.signing_key()),
             settings.base_url,
             settings.media.url_ttl_seconds,
+            {
+                "upload": settings.retention.uploads_seconds,
+                "output": settings.retention.outputs_seconds,
+            },
         )
         apps = AppService(db, workflows)
         secrets = SecretService(db, settings.signing_key())
@@ -60,19 +72,40 @@ class Platform:
             else None
         )
         workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
-        runs = RunService(db, apps, files, workers.enqueue, workers.processor.cancel)
+        runs = RunService(
+            db, apps, files, workers.enqueue, workers.processor.cancel, settings.limits.max_inputs
+        )
         bus = LocalEventBus()
         db.commit_hooks.append(bus.notify)
-        return cls(settings, db, registry, files, apps, runs, secrets, workers, bus)
+        limiter = RateLimiter(settings.limits.requests_per_minute, settings.limits.burst)
+        webhooks = WebhookService(db, settings.signing_key(), settings.webhooks.retry_schedule)
+        dispatcher = WebhookDispatcher(settings, db, webhooks, runs)
+        return cls(
+            settings,
+            db,
+            registry,
+            files,
+            apps,
+            runs,
+            secrets,
+            workers,
+            bus,
+            limiter,
+            IdempotencyStore(db),
+            webhooks=webhooks,
+            dispatcher=dispatcher,
+        )
 
     def start(self) -> None:
         """Migrate the schema, take the data directory, start the in-process workers."""
         self._lock_data_dir()
         upgrade(self.settings.sqlalchemy_url)
         self.workers.start()
+        self.dispatcher.start()
 
     def stop(self) -> None:
         self.workers.stop()
+        self.dispatcher.stop()
         self.db.dispose()
         if self._lock_file is not None:
             self._lock_file.close()

@@ -25,8 +25,9 @@ from flowy.services.apps import AppService
 from flowy.services.events import emit
 from flowy.services.files import FileService
 from flowy.services.states import TERMINAL, NodeStatus, RunStatus, cancel_queued
+from flowy.services.webhooks import check_run_webhook
 
-RUN_BODY_FIELDS = frozenset({"inputs", "timeoutSeconds"})
+RUN_BODY_FIELDS = frozenset({"inputs", "timeoutSeconds", "webhook", "webhookEventsFilter"})
 MAX_TIMEOUT_SECONDS = 24 * 3600
 MAX_PAGE = 100
 CANCELED_BY_REQUEST = "canceled by request"
@@ -69,7 +70,9 @@ class RunService:
         files: FileService,
         enqueue: Callable[[str], None],
         cancel_local: Callable[[str, str], None] = lambda _run_id, _reason: None,
+        max_inputs: int = 100,
     ) -> None:
+        self.max_inputs = max_inputs
         self.db = db
         self.apps = apps
         self.files = files
@@ -114,6 +117,16 @@ class RunService:
                 )
             )
         inputs: dict[str, object] = {}
+        if isinstance(body.get("inputs"), Mapping) and len(body["inputs"]) > self.max_inputs:
+            raise ValidationFailed(
+                [
+                    Issue(
+                        "too_many_inputs",
+                        f"at most {self.max_inputs} inputs per run",
+                        field="inputs",
+                    )
+                ]
+            )
         if "inputs" in body:
             try:
                 inputs = check_run_inputs(
@@ -123,6 +136,8 @@ class RunService:
                 )
             except ValidationFailed as exc:
                 issues.extend(exc.issues)
+        webhook_url, webhook_events, webhook_issues = check_run_webhook(body)
+        issues.extend(webhook_issues)
         if issues:
             raise ValidationFailed(issues)
         run = Run(
@@ -134,6 +149,8 @@ class RunService:
             outputs=[],
             nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order},
             created_at=utcnow(),
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
         )
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
@@ -224,9 +241,20 @@ class RunService:
     def output_views(self, stored: Sequence[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         """Outputs as callers see them: files get a freshly signed ``url``."""
         outputs: builtins.list[dict[str, Any]] = []
+        now = utcnow()
         for out in stored:
             item: dict[str, Any] = {"nodeId": out["nodeId"], "kind": out["kind"]}
-            if "assetId" in out:
+            gone_at = out.get("fileExpiresAt")
+            if "assetId" in out and gone_at and datetime.fromisoformat(gone_at) <= now:
+                # Say so rather than hand out a link that answers 410.
+                item.update(
+                    url=None,
+                    deleted=True,
+                    deletedAt=gone_at,
+                    contentType=out.get("contentType"),
+                    size=out.get("size"),
+                )
+            elif "assetId" in out:
                 link = self.files.link(out["assetId"], out["filename"])
                 item["url"] = link.url
                 item["expiresAt"] = _iso(link.expires_at)

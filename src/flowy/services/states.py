@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from flowy.db.models import Run, utcnow
 from flowy.services.events import emit
+from flowy.services.webhooks import enqueue_for_run
 
 
 class RunStatus(StrEnum):
@@ -46,12 +47,26 @@ ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 
-def claim(s: Session, run_id: str, owner: str, lease: timedelta) -> bool:
-    """queued -> running, compare-and-set: True only for the one worker that wins."""
+def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: int = 0) -> bool:
+    """queued -> running, compare-and-set: True only for the one worker that wins.
+
+    With ``max_running`` > 0 the claim also fails while the run's workspace already has
+    that many runs running (the run stays queued; see the worker pool's deferral).
+    """
     now = utcnow()
+    conditions = [Run.id == run_id, Run.status == RunStatus.QUEUED]
+    if max_running > 0:
+        other = aliased(Run)
+        running = (
+            select(func.count())
+            .select_from(other)
+            .where(other.workspace_id == Run.workspace_id, other.status == RunStatus.RUNNING)
+            .scalar_subquery()
+        )
+        conditions.append(running < max_running)
     res = s.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+        .where(*conditions)
         .values(
             status=RunStatus.RUNNING,
             lease_owner=owner,
@@ -64,6 +79,7 @@ def claim(s: Session, run_id: str, owner: str, lease: timedelta) -> bool:
     won = bool(res.rowcount == 1)  # type: ignore[attr-defined]
     if won:
         emit(s, run_id, "run.started", {"status": RunStatus.RUNNING})
+        enqueue_for_run(s, run_id, "run.started")
     return won
 
 
@@ -83,6 +99,7 @@ def cancel_queued(s: Session, run_id: str, reason: str) -> bool:
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
     emit(s, run_id, "run.canceled", {"status": RunStatus.CANCELED, "error": reason})
+    enqueue_for_run(s, run_id, "run.canceled")
     return True
 
 
@@ -97,6 +114,7 @@ def fail_queued(s: Session, run_id: str, error: str) -> bool:
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
     emit(s, run_id, "run.failed", {"status": RunStatus.FAILED, "error": error})
+    enqueue_for_run(s, run_id, "run.failed")
     return True
 
 
@@ -147,6 +165,7 @@ def finish(
     if outputs:
         emit(s, run_id, "run.outputs", {"outputs": outputs})
     emit(s, run_id, f"run.{status}", {"status": status, "error": error, "errorNode": error_node})
+    enqueue_for_run(s, run_id, f"run.{status}")
     return True
 
 
@@ -188,4 +207,6 @@ def requeue_expired(s: Session, now: datetime, max_attempts: int) -> tuple[list[
             )
             .execution_options(synchronize_session=False)
         )
+    for run_id in failed:
+        enqueue_for_run(s, run_id, "run.failed")
     return requeued, failed

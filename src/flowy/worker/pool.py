@@ -24,6 +24,7 @@ from flowy.engine.executor import WorkflowExecutor
 from flowy.ids import new_id
 from flowy.services.apps import WorkflowCache
 from flowy.services.files import FileService
+from flowy.services.idempotency import IdempotencyStore
 from flowy.services.secrets import SecretService
 from flowy.services.states import RunStatus, requeue_expired
 from flowy.settings import Settings
@@ -58,6 +59,8 @@ class LocalWorkerPool:
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._deferred: dict[str, list[str]] = {}
+        self._deferred_lock = threading.Lock()
 
     def enqueue(self, run_id: str) -> None:
         self._queue.put(run_id)
@@ -72,6 +75,9 @@ class LocalWorkerPool:
             "flowy-heartbeat",
         )
         self._spawn(self._every(self.settings.worker.sweep_seconds, self.sweep), "flowy-sweeper")
+        self._spawn(
+            self._every(self.settings.retention.sweep_seconds, self.purge), "flowy-retention"
+        )
 
     def _spawn(self, target: object, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
@@ -104,7 +110,10 @@ class LocalWorkerPool:
             self.enqueue(run_id)
 
     def sweep(self, enqueue: bool = True) -> None:
-        """Requeue runs whose lease ran out; fail those out of attempts."""
+        """Requeue runs whose lease ran out; fail those out of attempts; look again at
+        runs parked by the concurrent-run limit."""
+        if enqueue:
+            self._release()
         with self.db.write() as s:
             requeued, failed = requeue_expired(s, utcnow(), self.settings.worker.max_attempts)
         for run_id in failed:
@@ -114,15 +123,42 @@ class LocalWorkerPool:
             if enqueue:
                 self.enqueue(run_id)
 
+    def purge(self) -> None:
+        """Retention: delete files past their period and idempotency keys past 24 h."""
+        while self.processor.files.purge_expired():
+            pass
+        IdempotencyStore(self.db).purge()
+
     def _work(self) -> None:
         while not self._stop.is_set():
             run_id = self._queue.get()
             if run_id is None:
                 break
             try:
-                self.processor.process(run_id)
+                outcome = self.processor.process(run_id)
             except Exception:
                 logger.exception("worker failed on run %s", run_id)
+                continue
+            if outcome is None:
+                continue
+            if outcome.startswith("deferred:"):
+                # The workspace is at its concurrent-run limit: park the run until one of
+                # its runs ends (or the sweeper looks again).
+                with self._deferred_lock:
+                    self._deferred.setdefault(outcome[9:], []).append(run_id)
+            else:
+                self._release(outcome)
+
+    def _release(self, workspace_id: str | None = None) -> None:
+        """Queue again the runs parked for a workspace (or for all of them)."""
+        with self._deferred_lock:
+            if workspace_id is None:
+                parked = [r for runs in self._deferred.values() for r in runs]
+                self._deferred.clear()
+            else:
+                parked = self._deferred.pop(workspace_id, [])
+        for run_id in parked:
+            self.enqueue(run_id)
 
     def _every(self, seconds: float, fn: object) -> object:
         def loop() -> None:

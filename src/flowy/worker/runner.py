@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from flowy.db.models import AppVersion, Run, utcnow
 from flowy.db.session import Database
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: Progress is written at most this often per node, so a chatty node cannot flood the DB.
 PROGRESS_INTERVAL = 0.5
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 def _iso_now() -> str:
@@ -154,12 +160,23 @@ class RunProcessor:
             max_redirects=m.max_redirects,
         )
 
-    def process(self, run_id: str) -> None:
-        """Run ``run_id`` if this worker wins the claim; otherwise do nothing."""
+    def process(self, run_id: str) -> str | None:
+        """Run ``run_id`` if this worker wins the claim.
+
+        Returns the run's workspace id when it ran (its slot is free again), "deferred:"
+        + workspace id when the workspace is at its concurrent-run limit (the run stays
+        queued), and None when another worker has it or it is no longer queued.
+        """
         lease = timedelta(seconds=self.settings.worker.lease_seconds)
+        limit = self.settings.limits.concurrent_runs
         with self.db.write() as s:
-            if not claim(s, run_id, self.owner, lease):
-                return
+            if not claim(s, run_id, self.owner, lease, limit):
+                row = s.execute(
+                    select(Run.status, Run.workspace_id).where(Run.id == run_id)
+                ).first()
+                if limit and row is not None and row.status == RunStatus.QUEUED:
+                    return "deferred:" + str(row.workspace_id)
+                return None
         with self.db.read() as s:
             run = s.get(Run, run_id)
             assert run is not None
@@ -186,6 +203,7 @@ class RunProcessor:
         finally:
             with self._lock:
                 self.active.pop(run_id, None)
+        return run.workspace_id
 
     def _execute(self, run: Run, version: AppVersion, token: CancelToken) -> None:
         workflow = self.workflows.get(version.id, version.workflow)
@@ -284,6 +302,7 @@ class RunProcessor:
                         "filename": asset.filename,
                         "contentType": asset.content_type,
                         "size": asset.size,
+                        "fileExpiresAt": _iso(asset.expires_at),
                     }
                 )
             else:

@@ -1,0 +1,392 @@
+"""Rows 3, 5, 6, 7: runs through a real in-process Platform (SQLite, workers, cache),
+timed from the moment ``RunService.create`` is called, beside the bare work they do."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowy.db.models import Run
+from flowy.media.decode import decode_image, encode_image
+from flowy.media.fetch import read_data_uri
+from flowy.nodes import style as style_mod
+from flowy.nodes import vision
+from flowy.services.keys import create_workspace
+from flowy.services.platform import Platform
+from flowy.services.states import TERMINAL
+from flowy.settings import Settings
+from PIL import Image
+from sqlalchemy import func, select
+
+from bench import workflows
+from bench.common import (
+    IMAGE_PACKAGES,
+    Config,
+    Row,
+    astronaut,
+    data_uri,
+    fmt_rate,
+    fmt_ratio,
+    median,
+    png,
+    summary_ms,
+    variant,
+    versions,
+)
+
+STYLE = "studio lighting, neutral background"
+MAX_PIXELS = 64_000_000
+
+
+class Bench:
+    """A started Platform in a scratch data directory, with one workspace."""
+
+    def __init__(self, workdir: Path, name: str, concurrency: int = 2) -> None:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            data_dir=workdir / f"{name}-{time.monotonic_ns()}",
+            worker={"concurrency": concurrency},
+        )
+        self.p = Platform.build(settings, workflows.registry())
+        self.p.start()
+        self.ws = create_workspace(self.p.db, "bench")
+
+    def app(self, title: str, workflow: dict[str, Any]) -> str:
+        return self.p.apps.create(self.ws, title=title, workflow=workflow, published=True).app.id
+
+    def upload(self, data: bytes, name: str = "me.png") -> str:
+        asset = self.p.files.store(self.ws, data, filename=name, kind="upload")
+        return self.p.files.link(asset.id, asset.filename).url
+
+    def submit(self, app_id: str, inputs: dict[str, object]) -> Run:
+        return self.p.runs.create(self.ws, app_id, {"inputs": inputs})
+
+    def wait(self, run_id: str, timeout: float = 120.0) -> tuple[Run, float]:
+        """The ended run and the perf_counter() when it was seen ended (woken by the bus)."""
+        deadline = time.monotonic() + timeout
+        with self.p.bus.subscribe(run_id) as sub:
+            while True:
+                run = self.p.runs.get(self.ws, run_id)
+                if run.status in TERMINAL:
+                    if run.status != "completed":
+                        raise RuntimeError(f"run {run_id} {run.status}: {run.error}")
+                    return run, time.perf_counter()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"run {run_id} still {run.status} after {timeout} s")
+                sub.wait_sync(min(left, 0.05))
+
+    def run(self, app_id: str, inputs: dict[str, object]) -> tuple[float, Run]:
+        t0 = time.perf_counter()
+        run = self.submit(app_id, inputs)
+        done, t1 = self.wait(run.id)
+        return t1 - t0, done
+
+    def ended(self, app_id: str) -> int:
+        with self.p.db.read() as s:
+            q = select(func.count()).select_from(Run)
+            q = q.where(Run.app_id == app_id, Run.status.in_([str(t) for t in TERMINAL]))
+            return int(s.scalar(q) or 0)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+@contextlib.contextmanager
+def bench_platform(cfg: Config, name: str, concurrency: int = 2) -> Iterator[Bench]:
+    b = Bench(cfg.workdir, name, concurrency)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+# --------------------------------------------------------------------------- row 3
+
+
+def _handoff_floor(n: int) -> list[float]:
+    """Latency of handing a value to a waiting thread through a queue: the least any
+    'queue then start on a worker' design pays."""
+    q: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+    out: list[float] = []
+
+    def worker() -> None:
+        while (t0 := q.get()) is not None:
+            out.append(time.perf_counter() - t0)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    for _ in range(n):
+        q.put(time.perf_counter())
+        time.sleep(0.002)
+    q.put(None)
+    t.join(10)
+    return out
+
+
+def row_first_node(cfg: Config) -> Row:
+    row = Row(
+        3,
+        "submit → first node starts (embedded)",
+        "queue hand-off to a waiting thread",
+        "p50 ≤1 ms, p99 ≤5 ms",
+        command=cfg.command,
+    )
+    n = cfg.n(300, 40)
+    with bench_platform(cfg, "first-node") as b:
+        app = b.app("Probe", workflows.probe_app())
+        for _ in range(5):  # warm-up: connection pools, workflow cache, threads
+            b.run(app, {})
+        starts: list[float] = []
+        creates: list[float] = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            run = b.submit(app, {})
+            t1 = time.perf_counter()
+            b.wait(run.id)
+            starts.append(workflows.PROBE_STARTS.pop(run.id) - t0)
+            creates.append(t1 - t0)
+    floor = _handoff_floor(n)
+    s, f = summary_ms(starts), summary_ms(floor)
+    row.measured = f"p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms"
+    row.floor = f"p50 {f['p50_ms']:.3f} / p99 {f['p99_ms']:.3f} ms"
+    row.ratio = s["p50_ms"] / f["p50_ms"]
+    row.ratio_text = fmt_ratio(row.ratio) + " (p50)"
+    row.ok = s["p50_ms"] <= 1.0 and s["p99_ms"] <= 5.0
+    row.details = {
+        "submit_to_node_start": s,
+        "of_which_create_call": summary_ms(creates),
+        "floor_queue_handoff": f,
+        "how": "sequential runs of bench.probe -> output.json; t0 before RunService.create, "
+        "t1 when the probe node's function begins",
+    }
+    row.versions = versions("sqlalchemy")
+    return row
+
+
+# --------------------------------------------------------------------------- row 5
+
+
+def _headshot_params() -> tuple[int, int]:
+    doc = workflows.headshot()
+    crop = next(n for n in doc["workflow"]["nodes"] if n["type"] == "image.face_crop")
+    return int(crop["params"]["width"]), int(crop["params"]["height"])
+
+
+def headshot_floor(data: bytes, style_text: str) -> dict[str, float]:
+    """The headshot's library calls, in order, without the platform; seconds per step."""
+    width, height = _headshot_params()
+    steps: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        steps[name] = now - t
+        t = now
+
+    image = decode_image(data, max_pixels=MAX_PIXELS)
+    lap("decode")
+    faces = vision.detect_faces(image, min_score=0.5)
+    lap("detect_faces")
+    crop = vision.portrait_crop(image, faces[0], width=width, height=height)
+    lap("portrait_crop")
+    style = style_mod.parse_style(style_text)
+    mask = vision.person_mask(crop)
+    backdrop = vision.studio_backdrop(crop.size, style.backdrop or vision.NEUTRAL_GREY)
+    out = vision.replace_background(crop, mask, backdrop)
+    lap("person_mask+backdrop+replace")
+    styled = style_mod.apply_style(out, style)
+    lap("style")
+    encode_image(styled, "png")
+    lap("png_encode")
+    return steps
+
+
+def _node_ms(run: Run) -> dict[str, float]:
+    return {
+        f"{nid} {st.get('type')}": float(st.get("durationMs", 0.0))
+        for nid, st in run.nodes.items()
+    }
+
+
+def row_headshot(cfg: Config) -> Row:
+    row = Row(
+        5,
+        "Headshot generator 1024 px: submit → completed",
+        "sum of its nodes' raw library calls",
+        "≤1.3×",
+        command=cfg.command,
+    )
+    pairs = cfg.n(8, 1)
+    base = astronaut(1024)
+    with bench_platform(cfg, "headshot") as b:
+        app = b.app("Headshot", workflows.headshot()["workflow"])
+        flowy: list[float] = []
+        floor: list[dict[str, float]] = []
+        nodes: list[dict[str, float]] = []
+        for i in range(pairs + 1):  # the first pair warms models on each thread
+            data = png(variant(base, 1000 + i))
+            url = b.upload(data)
+            elapsed, run = b.run(app, {"node_1": url, "node_2": STYLE})
+            steps = headshot_floor(data, STYLE)
+            if i == 0:
+                continue
+            flowy.append(elapsed)
+            floor.append(steps)
+            nodes.append(_node_ms(run))
+    floor_tot = [sum(s.values()) for s in floor]
+    a, f = median(flowy), median(floor_tot)
+    row.measured = f"{a * 1000:.0f} ms"
+    row.floor = f"{f * 1000:.0f} ms"
+    row.ratio = a / f
+    row.ratio_text = fmt_ratio(row.ratio)
+    row.ok = row.ratio <= 1.3
+    row.details = {
+        "pairs": pairs,
+        "flowy_ms": [round(x * 1000, 1) for x in flowy],
+        "floor_ms": [round(x * 1000, 1) for x in floor_tot],
+        "floor_steps_median_ms": {
+            k: round(median(s[k] for s in floor) * 1000, 1) for k in floor[0]
+        },
+        "flowy_node_durations_median_ms": {
+            k: round(median(n[k] for n in nodes), 1) for k in nodes[0]
+        },
+        "input": "astronaut 1024x1024 PNG, uploaded; a different pixel per run (cold cache)",
+        "style": STYLE,
+    }
+    row.versions = versions(*IMAGE_PACKAGES)
+    return row
+
+
+# --------------------------------------------------------------------------- row 6
+
+
+def small_image_floor(uris: list[str], size: int) -> float:
+    """Seconds to do each run's work in a plain loop: parse, decode, resize, encode."""
+    t0 = time.perf_counter()
+    for uri in uris:
+        raw = read_data_uri(uri, max_bytes=1 << 24).data
+        img = decode_image(raw, max_pixels=MAX_PIXELS)
+        encode_image(img.resize((size, size), Image.Resampling.LANCZOS), "png")
+    return time.perf_counter() - t0
+
+
+def row_small_runs(cfg: Config) -> Row:
+    n = cfg.n(1000, 50)
+    row = Row(
+        6,
+        f"{n} small image runs, 2 workers (embedded)",
+        "same decode/resize/encode in a plain loop",
+        "≥0.8× throughput",
+        command=cfg.command,
+    )
+    src, dst = 128, 64
+    base = astronaut(src)
+    uris = [data_uri(png(variant(base, i))) for i in range(n)]
+    floor_a = small_image_floor(uris, dst)
+    with bench_platform(cfg, "small-runs", concurrency=2) as b:
+        app = b.app("Small resize", workflows.resize(dst, dst))
+        b.run(app, {"node_1": data_uri(png(variant(base, n + 1)))})  # warm-up
+        t0 = time.perf_counter()
+        for uri in uris:
+            b.submit(app, {"node_1": uri})
+        t_submitted = time.perf_counter()
+        deadline = time.monotonic() + cfg.secs(300, 60)
+        while b.ended(app) < n + 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{b.ended(app) - 1}/{n} small runs ended in time")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+    floor_b = small_image_floor(uris, dst)
+    fl = n / elapsed
+    fo = n / median([floor_a, floor_b])
+    row.measured = fmt_rate(fl, "runs/s")
+    row.floor = fmt_rate(fo, "runs/s")
+    row.ratio = fl / fo
+    row.ratio_text = fmt_ratio(row.ratio)
+    row.ok = row.ratio >= 0.8
+    row.details = {
+        "runs": n,
+        "image": f"{src}x{src} PNG data: URI, distinct per run -> Lanczos {dst}x{dst} -> PNG",
+        "flowy_seconds": round(elapsed, 3),
+        "flowy_submit_seconds": round(t_submitted - t0, 3),
+        "floor_seconds": [round(floor_a, 3), round(floor_b, 3)],
+        "flowy_ms_per_run": round(elapsed / n * 1000, 3),
+        "floor_ms_per_run": round(1000 / fo, 3),
+    }
+    row.versions = versions("pillow", "sqlalchemy")
+    return row
+
+
+# --------------------------------------------------------------------------- row 7
+
+
+def row_cache_hit(cfg: Config) -> Row:
+    row = Row(
+        7,
+        "Headshot repeat run, identical inputs (cache hit)",
+        "the same run cold",
+        "≥20× faster",
+        command=cfg.command,
+    )
+    pairs = cfg.n(6, 1)
+    base = astronaut(1024)
+    with bench_platform(cfg, "cache") as b:
+        app = b.app("Headshot", workflows.headshot()["workflow"])
+        cold: list[float] = []
+        hit: list[float] = []
+        hit_nodes: list[dict[str, Any]] = []
+        for i in range(pairs + 1):
+            url = b.upload(png(variant(base, 2000 + i)))
+            inputs = {"node_1": url, "node_2": STYLE}
+            c, _ = b.run(app, inputs)
+            h, run = b.run(app, inputs)
+            if i == 0:
+                continue  # warm-up pair
+            cold.append(c)
+            hit.append(h)
+            hit_nodes.append(
+                {nid: {"cached": st.get("cached", False), "ms": st.get("durationMs")} for nid, st in run.nodes.items()}
+            )
+        decode_ms = _decode_cost(png(variant(base, 2999)))
+    a, f = median(hit), median(cold)
+    row.measured = f"{a * 1000:.1f} ms (hit)"
+    row.floor = f"{f * 1000:.0f} ms (cold)"
+    row.ratio = f / a
+    row.ratio_text = fmt_ratio(row.ratio) + " faster"
+    row.ok = row.ratio >= 20
+    row.details = {
+        "pairs": pairs,
+        "cold_ms": [round(x * 1000, 1) for x in cold],
+        "hit_ms": [round(x * 1000, 1) for x in hit],
+        "hit_run_nodes_last": hit_nodes[-1],
+        "input_node_work_on_a_hit_ms": decode_ms,
+    }
+    row.versions = versions(*IMAGE_PACKAGES)
+    return row
+
+
+def _decode_cost(data: bytes) -> dict[str, float]:
+    """What a hit still pays for the image input: decoding the PNG, hashing its pixels."""
+    import hashlib
+
+    t0 = time.perf_counter()
+    img = decode_image(data, max_pixels=MAX_PIXELS)
+    t1 = time.perf_counter()
+    hashlib.sha256(img.tobytes()).hexdigest()
+    t2 = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    t3 = time.perf_counter()
+    return {
+        "decode_png_1024": round((t1 - t0) * 1000, 2),
+        "sha256_of_pixels": round((t2 - t1) * 1000, 2),
+        "sha256_of_file_bytes_instead": round((t3 - t2) * 1000, 2),
+    }
+
+
