@@ -111,8 +111,9 @@ class FlowyProcess:
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    def request(self, method: str, path: str, key: str | None = None,
-                **kw: Any) -> requests.Response:
+    def request(
+        self, method: str, path: str, key: str | None = None, **kw: Any
+    ) -> requests.Response:
         headers = {**self.headers(key), **kw.pop("headers", {})}
         return requests.request(method, self.api + path, headers=headers, timeout=30, **kw)
 

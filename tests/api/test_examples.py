@@ -161,7 +161,8 @@ def test_watermark_changes_only_its_corner_or_the_whole_photo_when_tiled(
     # The photo as the app encodes it (JPEG, quality 92) but without the watermark.
     plain = image_of(encode_image(Image.fromarray(coffee), "jpeg", quality=92)[0])
     diff = np.abs(marked - plain).mean(axis=2)
-    assert diff[330:, 380:].mean() > 8  # the bottom-right corner carries the text
+    corner = diff[330:, 380:]  # the bottom-right corner carries the text
+    assert corner.mean() > 4 and (corner > 60).mean() > 0.03
     assert diff[:300, :350].max() < 4  # JPEG blocks away from it are as they were
     tiled = image_of(
         output(
@@ -199,7 +200,9 @@ def test_photo_enhance_adds_local_contrast_and_applies_a_look(
     noir = image_of(
         output(run(server, app, {"node_1": photo, "node_3": "noir", "node_2": 1}), "enhance-noir")
     )
-    assert np.abs(noir[..., 0] - noir[..., 2]).mean() < 6  # black and white, give or take JPEG
+    # Nearly black and white (the look is applied at 80 %).
+    colourful = np.abs(flat_pixels[..., 0] - flat_pixels[..., 2]).mean()
+    assert np.abs(noir[..., 0] - noir[..., 2]).mean() < 0.35 * colourful
     none = image_of(output(run(server, app, {"node_1": photo, "node_2": 0}), "enhance-none"))
     assert np.abs(none - flat_pixels).mean() < 4  # strength 0: only sharpening and JPEG
     refused = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": photo, "node_2": 3}})

@@ -15,31 +15,56 @@ from tests.flowy_process import FlowyProcess
 
 
 def _echo(seconds: float) -> dict[str, Any]:
-    return {"nodes": [
+    return {
+        "nodes": [
+            {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
+            {
+                "id": "node_2",
+                "type": "util.delay",
+                "params": {"seconds": seconds},
+                "inputs": {"value": {"node": "node_1", "port": "text"}},
+            },
+            {
+                "id": "node_3",
+                "type": "output.text",
+                "label": "Echo",
+                "inputs": {"text": {"node": "node_2", "port": "value"}},
+            },
+        ]
+    }
+
+
+FAST_AND_SLOW = {
+    "nodes": [
         {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
-        {"id": "node_2", "type": "util.delay", "params": {"seconds": seconds},
-         "inputs": {"value": {"node": "node_1", "port": "text"}}},
-        {"id": "node_3", "type": "output.text", "label": "Echo",
-         "inputs": {"text": {"node": "node_2", "port": "value"}}},
-    ]}
-
-
-FAST_AND_SLOW = {"nodes": [
-    {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
-    {"id": "node_2", "type": "output.text", "label": "Fast",
-     "inputs": {"text": {"node": "node_1", "port": "text"}}},
-    {"id": "node_3", "type": "util.delay", "params": {"seconds": 30},
-     "inputs": {"value": {"node": "node_1", "port": "text"}}},
-    {"id": "node_4", "type": "output.text", "label": "Slow",
-     "inputs": {"text": {"node": "node_3", "port": "value"}}},
-]}
+        {
+            "id": "node_2",
+            "type": "output.text",
+            "label": "Fast",
+            "inputs": {"text": {"node": "node_1", "port": "text"}},
+        },
+        {
+            "id": "node_3",
+            "type": "util.delay",
+            "params": {"seconds": 30},
+            "inputs": {"value": {"node": "node_1", "port": "text"}},
+        },
+        {
+            "id": "node_4",
+            "type": "output.text",
+            "label": "Slow",
+            "inputs": {"text": {"node": "node_3", "port": "value"}},
+        },
+    ]
+}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowyProcess]:
-    srv = FlowyProcess(tmp_path_factory.mktemp("lifecycle"),
-                       env={"FLOWY_WORKER__CONCURRENCY": "1",
-                            "FLOWY_SERVER__SSE_KEEPALIVE_SECONDS": "0.3"}).start()
+    srv = FlowyProcess(
+        tmp_path_factory.mktemp("lifecycle"),
+        env={"FLOWY_WORKER__CONCURRENCY": "1", "FLOWY_SERVER__SSE_KEEPALIVE_SECONDS": "0.3"},
+    ).start()
     yield srv
     srv.stop()
 
@@ -72,8 +97,12 @@ def _until(server: FlowyProcess, run_id: str, statuses: set[str], timeout: float
 
 def _events(server: FlowyProcess, run_id: str, **headers: str) -> list[dict[str, Any]]:
     """Read the SSE stream to its end; return the events (and check ids and framing)."""
-    res = requests.get(f"{server.api}/runs/{run_id}/events",
-                       headers={**server.headers(), **headers}, stream=True, timeout=30)
+    res = requests.get(
+        f"{server.api}/runs/{run_id}/events",
+        headers={**server.headers(), **headers},
+        stream=True,
+        timeout=30,
+    )
     assert res.status_code == 200, res.text
     assert res.headers["content-type"].startswith("text/event-stream")
     events, current = [], {}
@@ -93,8 +122,11 @@ def _events(server: FlowyProcess, run_id: str, **headers: str) -> list[dict[str,
 
 def test_prefer_wait_answers_with_the_finished_run(server: FlowyProcess) -> None:
     app = _app(server, _echo(0))
-    res = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "hi"}},
-                      headers={**server.headers(), "Prefer": "wait=10"})
+    res = server.post(
+        f"/apps/{app}/runs",
+        json={"inputs": {"node_1": "hi"}},
+        headers={**server.headers(), "Prefer": "wait=10"},
+    )
     assert res.status_code == 201
     assert res.headers["preference-applied"] == "wait=10"
     data = res.json()["data"]
@@ -103,12 +135,18 @@ def test_prefer_wait_answers_with_the_finished_run(server: FlowyProcess) -> None
     assert data == server.get(f"/runs/{data['runId']}").json()["data"]
 
     slow = _app(server, _echo(3))
-    res = server.post(f"/apps/{slow}/runs", json={"inputs": {"node_1": "hi"}},
-                      headers={**server.headers(), "Prefer": "wait=1"})
+    res = server.post(
+        f"/apps/{slow}/runs",
+        json={"inputs": {"node_1": "hi"}},
+        headers={**server.headers(), "Prefer": "wait=1"},
+    )
     assert res.json()["data"]["status"] in ("queued", "running")
     server.wait_run(res.json()["data"]["runId"])
-    bad = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "hi"}},
-                      headers={**server.headers(), "Prefer": "wait=soon"})
+    bad = server.post(
+        f"/apps/{app}/runs",
+        json={"inputs": {"node_1": "hi"}},
+        headers={**server.headers(), "Prefer": "wait=soon"},
+    )
     assert_error(bad, 422, "validation_error", "Prefer")
 
 
@@ -140,8 +178,9 @@ def test_canceled_run_keeps_outputs_already_made(server: FlowyProcess) -> None:
     run_id = _start(server, app, "early")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # wait until the fast output node has finished
-        nodes = {n["nodeId"]: n["status"] for n in server.get(f"/runs/{run_id}")
-                 .json()["data"]["nodes"]}
+        nodes = {
+            n["nodeId"]: n["status"] for n in server.get(f"/runs/{run_id}").json()["data"]["nodes"]
+        }
         if nodes["node_2"] == "completed":
             break
         time.sleep(0.02)
@@ -157,8 +196,9 @@ def test_cancel_racing_completion_ends_once(server: FlowyProcess) -> None:
         server.post(f"/runs/{run_id}/cancel")
         run = server.wait_run(run_id)
         events = _events(server, run_id)
-        terminal = [e for e in events if e["type"] in ("run.completed", "run.canceled",
-                                                        "run.failed")]
+        terminal = [
+            e for e in events if e["type"] in ("run.completed", "run.canceled", "run.failed")
+        ]
         assert len(terminal) == 1
         assert terminal[0]["data"]["status"] == run["status"]
         if run["status"] == "completed":
@@ -170,9 +210,11 @@ def test_run_deadline(server: FlowyProcess) -> None:
     run = server.wait_run(_start(server, app, timeoutSeconds=0.5), timeout=10)
     assert run["status"] == "failed" and "time limit" in run["error"]
     assert run["deadlineAt"] is not None
-    err = assert_error(server.post(f"/apps/{app}/runs",
-                                   json={"inputs": {"node_1": "x"}, "timeoutSeconds": -1}),
-                       422, "validation_error")
+    err = assert_error(
+        server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "x"}, "timeoutSeconds": -1}),
+        422,
+        "validation_error",
+    )
     assert err["details"][0]["field"] == "timeoutSeconds"
 
 
@@ -186,8 +228,9 @@ def test_event_stream_is_complete_ordered_and_resumable(server: FlowyProcess) ->
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     started = [e["data"]["nodeId"] for e in events if e["type"] == "node.started"]
     finished = [e["data"]["nodeId"] for e in events if e["type"] == "node.finished"]
-    assert started == finished == ["node_1", "node_2", "node_3"] or \
-        sorted(started) == sorted(finished) == ["node_1", "node_2", "node_3"]
+    assert started == finished == ["node_1", "node_2", "node_3"] or sorted(started) == sorted(
+        finished
+    ) == ["node_1", "node_2", "node_3"]
     assert any(e["type"] == "node.progress" for e in events)  # the delay reports progress
     outputs = next(e for e in events if e["type"] == "run.outputs")["data"]["outputs"]
     assert outputs == [{"nodeId": "node_3", "kind": "text", "value": "streamed"}]
@@ -199,14 +242,16 @@ def test_event_stream_is_complete_ordered_and_resumable(server: FlowyProcess) ->
 def test_live_stream_with_keepalives(server: FlowyProcess) -> None:
     app = _app(server, _echo(1.2))
     run_id = _start(server, app, "live")
-    res = requests.get(f"{server.api}/runs/{run_id}/events", headers=server.headers(),
-                       stream=True, timeout=30)
+    res = requests.get(
+        f"{server.api}/runs/{run_id}/events", headers=server.headers(), stream=True, timeout=30
+    )
     lines = list(res.iter_lines(decode_unicode=True))
     res.close()
     assert ": keep-alive" in lines  # quiet stretches are kept alive (0.3 s here)
     assert lines[-2].startswith("data: ") and '"run.completed"' in lines[-2]
-    assert_error(requests.get(f"{server.api}/runs/{run_id}/events", timeout=10), 401,
-                 "unauthorized")
+    assert_error(
+        requests.get(f"{server.api}/runs/{run_id}/events", timeout=10), 401, "unauthorized"
+    )
 
 
 def test_run_lists_filter_and_page(server: FlowyProcess) -> None:
@@ -237,7 +282,8 @@ def test_run_lists_filter_and_page(server: FlowyProcess) -> None:
     future = server.get("/runs", params={"createdAfter": "2999-01-01T00:00:00Z"}).json()
     assert future["data"] == []
     assert_error(server.get("/runs", params={"limit": 1000}), 422, "validation_error", "limit")
-    assert_error(server.get("/runs", params={"cursor": "nonsense"}), 422, "validation_error",
-                 "cursor")
+    assert_error(
+        server.get("/runs", params={"cursor": "nonsense"}), 422, "validation_error", "cursor"
+    )
     assert_error(server.get("/runs", params={"status": "done"}), 422, "validation_error")
     assert_error(server.get("/apps/ffffffffffffffffffffffff/runs"), 404, "not_found")

@@ -17,38 +17,53 @@ from tests.flowy_process import FlowyProcess
 
 
 def _echo(seconds: float) -> dict[str, Any]:
-    return {"nodes": [
-        {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
-        {"id": "node_2", "type": "util.delay", "params": {"seconds": seconds},
-         "inputs": {"value": {"node": "node_1", "port": "text"}}},
-        {"id": "node_3", "type": "output.text", "label": "Echo",
-         "inputs": {"text": {"node": "node_2", "port": "value"}}},
-    ]}
+    return {
+        "nodes": [
+            {"id": "node_1", "type": "input.text", "label": "Text", "params": {"required": True}},
+            {
+                "id": "node_2",
+                "type": "util.delay",
+                "params": {"seconds": seconds},
+                "inputs": {"value": {"node": "node_1", "port": "text"}},
+            },
+            {
+                "id": "node_3",
+                "type": "output.text",
+                "label": "Echo",
+                "inputs": {"text": {"node": "node_2", "port": "value"}},
+            },
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowyProcess]:
-    srv = FlowyProcess(tmp_path_factory.mktemp("limits"), env={
-        "FLOWY_WORKER__CONCURRENCY": "2",
-        "FLOWY_LIMITS__CONCURRENT_RUNS": "1",
-        "FLOWY_LIMITS__MAX_INPUTS": "3",
-        "FLOWY_LIMITS__REQUESTS_PER_MINUTE": "600",
-        "FLOWY_LIMITS__BURST": "400",
-    }).start()
+    srv = FlowyProcess(
+        tmp_path_factory.mktemp("limits"),
+        env={
+            "FLOWY_WORKER__CONCURRENCY": "2",
+            "FLOWY_LIMITS__CONCURRENT_RUNS": "1",
+            "FLOWY_LIMITS__MAX_INPUTS": "3",
+            "FLOWY_LIMITS__REQUESTS_PER_MINUTE": "600",
+            "FLOWY_LIMITS__BURST": "400",
+        },
+    ).start()
     yield srv
     srv.stop()
 
 
 def _app(server: FlowyProcess, seconds: float, key: str | None = None) -> str:
-    res = server.post("/apps", key, json={"title": "Echo", "workflow": _echo(seconds),
-                                          "published": True})
+    res = server.post(
+        "/apps", key, json={"title": "Echo", "workflow": _echo(seconds), "published": True}
+    )
     assert res.status_code == 201, res.text
     return str(res.json()["data"]["id"])
 
 
 def _runs(server: FlowyProcess, app_id: str) -> list[str]:
-    return [r["runId"] for r in server.get(f"/apps/{app_id}/runs",
-                                           params={"limit": 100}).json()["data"]]
+    return [
+        r["runId"] for r in server.get(f"/apps/{app_id}/runs", params={"limit": 100}).json()["data"]
+    ]
 
 
 def test_idempotency_key_replays_and_refuses_another_body(server: FlowyProcess) -> None:
@@ -62,19 +77,25 @@ def test_idempotency_key_replays_and_refuses_another_body(server: FlowyProcess) 
     assert "idempotent-replayed" not in first.headers
     assert second.headers["idempotent-replayed"] == "true"
     assert _runs(server, app) == [first.json()["data"]["runId"]]
-    other = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "twice"}},
-                        headers={"Idempotency-Key": key})
+    other = server.post(
+        f"/apps/{app}/runs", json={"inputs": {"node_1": "twice"}}, headers={"Idempotency-Key": key}
+    )
     assert_error(other, 422, "validation_error", "different request")
     # A request that fails releases its key: nothing was made.
     bad_key = str(uuid.uuid4())
-    bad = server.post(f"/apps/{app}/runs", json={"inputs": {}},
-                      headers={"Idempotency-Key": bad_key})
+    bad = server.post(
+        f"/apps/{app}/runs", json={"inputs": {}}, headers={"Idempotency-Key": bad_key}
+    )
     assert_error(bad, 422, "validation_error", "inputs.node_1")
-    ok = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "x"}},
-                     headers={"Idempotency-Key": bad_key})
+    ok = server.post(
+        f"/apps/{app}/runs", json={"inputs": {"node_1": "x"}}, headers={"Idempotency-Key": bad_key}
+    )
     assert ok.status_code == 201
-    assert_error(server.post(f"/apps/{app}/runs", json=body,
-                             headers={"Idempotency-Key": "x" * 300}), 422, "validation_error")
+    assert_error(
+        server.post(f"/apps/{app}/runs", json=body, headers={"Idempotency-Key": "x" * 300}),
+        422,
+        "validation_error",
+    )
 
 
 def test_twenty_parallel_requests_with_one_key_make_one_run(server: FlowyProcess) -> None:
@@ -85,8 +106,13 @@ def test_twenty_parallel_requests_with_one_key_make_one_run(server: FlowyProcess
 
     def send() -> None:
         gate.wait()
-        answers.append(server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "p"}},
-                                   headers={"Idempotency-Key": key}))
+        answers.append(
+            server.post(
+                f"/apps/{app}/runs",
+                json={"inputs": {"node_1": "p"}},
+                headers={"Idempotency-Key": key},
+            )
+        )
 
     threads = [threading.Thread(target=send) for _ in range(20)]
     for t in threads:
@@ -123,8 +149,10 @@ def test_concurrent_run_limit_queues_rather_than_refuses(server: FlowyProcess) -
 
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path_factory: pytest.TempPathFactory) -> None:
-    srv = FlowyProcess(tmp_path_factory.mktemp("rate"), env={
-        "FLOWY_LIMITS__REQUESTS_PER_MINUTE": "6", "FLOWY_LIMITS__BURST": "3"}).start()
+    srv = FlowyProcess(
+        tmp_path_factory.mktemp("rate"),
+        env={"FLOWY_LIMITS__REQUESTS_PER_MINUTE": "6", "FLOWY_LIMITS__BURST": "3"},
+    ).start()
     try:
         oks = [srv.get("/apps") for _ in range(3)]
         assert [r.status_code for r in oks] == [200, 200, 200]
@@ -147,6 +175,10 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path_factory: pytest.TempPa
 def test_input_count_and_page_size_caps(server: FlowyProcess) -> None:
     app = _app(server, 0)
     many = {f"node_{i}": "x" for i in range(1, 6)}
-    assert_error(server.post(f"/apps/{app}/runs", json={"inputs": many}), 422,
-                 "validation_error", "at most 3 inputs")
+    assert_error(
+        server.post(f"/apps/{app}/runs", json={"inputs": many}),
+        422,
+        "validation_error",
+        "at most 3 inputs",
+    )
     assert_error(server.get("/runs", params={"limit": 101}), 422, "validation_error", "limit")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import uuid
 import sqlite3
+import uuid
 from typing import Any
 
 import requests

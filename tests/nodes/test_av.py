@@ -23,7 +23,8 @@ from flowy.errors import GraphInvalid, MediaError, NodeError, RunCanceled
 from flowy.media.fetch import FetchPolicy
 from flowy.media.ffmpeg import encoders, probe, run_ffmpeg, workdir
 from flowy.media.sniff import sniff_content_type
-from flowy.nodes import av, io as io_nodes
+from flowy.nodes import av
+from flowy.nodes import io as io_nodes
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -148,6 +149,16 @@ def test_extract_frame_names_what_is_wrong(clips: dict[str, Path]) -> None:
         call(
             av.extract_frame, video=Artifact(b"\x00garbage" * 500, "application/octet-stream", "x")
         )
+    # A playlist would make ffmpeg open what it names (here a local file): refused.
+    playlist = (
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
+    )
+    with pytest.raises(NodeError, match="not a video file ffmpeg can read"):
+        call(av.extract_frame, video=Artifact(playlist, "application/octet-stream", "x.m3u8"))
+    with workdir() as tmp:
+        (Path(tmp) / "list.m3u8").write_bytes(playlist)
+        with pytest.raises(NodeError, match="the format is not an audio or video format Flowy"):
+            probe(FakeContext(), Path(tmp) / "list.m3u8", "video")
     with pytest.raises(NodeError, match="the file is empty"):
         call(av.extract_frame, video=Artifact(b"", "application/octet-stream", "x"))
     with pytest.raises(NodeError, match="time must be between 0 and 86400 s, got -1"):

@@ -17,7 +17,8 @@ from flowy.engine.registry import default_registry
 from flowy.engine.spec import Artifact, NodeType
 from flowy.errors import GraphInvalid, NodeError, RunCanceled
 from flowy.media.fetch import FetchPolicy
-from flowy.nodes import image, image_compose, image_ops, image_text
+from flowy.nodes import av, image, image_compose, image_ops, image_text
+from flowy.nodes import io as io_nodes
 from flowy.nodes.vision import detect_faces
 
 # Where Eileen Collins' face is in the 512×512 astronaut image (see test_vision).
@@ -106,7 +107,7 @@ def invalid(node_type: str, params: dict[str, Any], inputs: tuple[str, ...] = ("
 
 def test_every_media_node_is_in_the_catalog_with_a_description() -> None:
     registry = default_registry(load_entry_points=False)
-    for module in (image, image_ops, image_compose, image_text):
+    for module in (image, image_ops, image_compose, image_text, av, io_nodes):
         for nt in module.NODES:
             assert registry.get(nt.type) is nt
             entry = nt.describe()
@@ -115,6 +116,9 @@ def test_every_media_node_is_in_the_catalog_with_a_description() -> None:
                 "properties"
             )
     assert {"image.resize", "image.face_crop", "image.style"} <= {t.type for t in registry}
+    ports = registry.get("video.extract_frame")
+    assert ports is not None and ports.describe()["inputs"]["video"]["type"] == "file"
+    assert registry.get("output.file") is not None
 
 
 def test_bad_params_are_refused_when_the_workflow_is_saved() -> None:

@@ -25,7 +25,8 @@ def install(site: Path) -> None:
     dist = site / f"flowy_example_nodes-{project['version']}.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
     lines = []
     for group, eps in project["entry-points"].items():
         lines.append(f"[{group}]")
@@ -42,26 +43,45 @@ def test_plugin_nodes_are_listed_and_run(tmp_path: Path) -> None:
         nodes = {n["type"]: n for n in srv.get("/nodes").json()["data"]}
         assert nodes["example.word_count"]["outputs"]["count"]["type"] == "number"
         assert nodes["example.pixelate"]["params"]["properties"]["block"]["maximum"] == 256
-        workflow = {"nodes": [
-            {"id": "node_1", "type": "input.image_url", "label": "Photo"},
-            {"id": "node_2", "type": "input.text", "label": "Caption"},
-            {"id": "node_3", "type": "example.pixelate", "params": {"block": 16},
-             "inputs": {"image": {"node": "node_1", "port": "image"}}},
-            {"id": "node_4", "type": "example.word_count",
-             "inputs": {"text": {"node": "node_2", "port": "text"}}},
-            {"id": "node_5", "type": "output.image", "label": "Pixels",
-             "inputs": {"image": {"node": "node_3", "port": "image"}}},
-            {"id": "node_6", "type": "output.json", "label": "Words",
-             "inputs": {"value": {"node": "node_4", "port": "count"}}},
-        ]}
-        app = srv.post("/apps", json={"title": "Plugin", "workflow": workflow,
-                                      "published": True}).json()["data"]["id"]
+        workflow = {
+            "nodes": [
+                {"id": "node_1", "type": "input.image_url", "label": "Photo"},
+                {"id": "node_2", "type": "input.text", "label": "Caption"},
+                {
+                    "id": "node_3",
+                    "type": "example.pixelate",
+                    "params": {"block": 16},
+                    "inputs": {"image": {"node": "node_1", "port": "image"}},
+                },
+                {
+                    "id": "node_4",
+                    "type": "example.word_count",
+                    "inputs": {"text": {"node": "node_2", "port": "text"}},
+                },
+                {
+                    "id": "node_5",
+                    "type": "output.image",
+                    "label": "Pixels",
+                    "inputs": {"image": {"node": "node_3", "port": "image"}},
+                },
+                {
+                    "id": "node_6",
+                    "type": "output.json",
+                    "label": "Words",
+                    "inputs": {"value": {"node": "node_4", "port": "count"}},
+                },
+            ]
+        }
+        app = srv.post(
+            "/apps", json={"title": "Plugin", "workflow": workflow, "published": True}
+        ).json()["data"]["id"]
         rng = np.random.default_rng(0)
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
         uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        res = srv.post(f"/apps/{app}/runs",
-                       json={"inputs": {"node_1": uri, "node_2": "three small words"}})
+        res = srv.post(
+            f"/apps/{app}/runs", json={"inputs": {"node_1": uri, "node_2": "three small words"}}
+        )
         run = srv.wait_run(res.json()["data"]["runId"])
         assert run["status"] == "completed", run["error"]
         image, words = run["outputs"]

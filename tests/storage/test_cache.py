@@ -24,8 +24,16 @@ def _image(seed: int, size: int = 64) -> Image.Image:
 def test_round_trip_keeps_every_kind_of_value() -> None:
     img = _image(1)
     rgba = _image(2).convert("RGBA")
-    values = {"image": img, "rgba": rgba, "file": Artifact(b"\x00\x01", "image/png", "a.png"),
-              "text": "héllo", "n": 3.5, "flag": True, "list": [1, {"a": None}], "skip": SKIP}
+    values = {
+        "image": img,
+        "rgba": rgba,
+        "file": Artifact(b"\x00\x01", "image/png", "a.png"),
+        "text": "héllo",
+        "n": 3.5,
+        "flag": True,
+        "list": [1, {"a": None}],
+        "skip": SKIP,
+    }
     data = encode_values(values)
     assert data is not None
     back = decode_values(data)
@@ -34,7 +42,11 @@ def test_round_trip_keeps_every_kind_of_value() -> None:
     assert back["file"] == Artifact(b"\x00\x01", "image/png", "a.png")
     assert back["skip"] is SKIP
     assert {k: back[k] for k in ("text", "n", "flag", "list")} == {
-        "text": "héllo", "n": 3.5, "flag": True, "list": [1, {"a": None}]}
+        "text": "héllo",
+        "n": 3.5,
+        "flag": True,
+        "list": [1, {"a": None}],
+    }
 
 
 def test_values_without_a_stable_form_are_not_cached(tmp_path: Path) -> None:

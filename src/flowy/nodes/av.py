@@ -207,11 +207,14 @@ def _encode_mp4(
     )
 
     def frames() -> Iterator[bytes]:
-        for frame, count in _timeline(
-            slides, params.fps, params.seconds_per_image, params.transition
-        ):
+        # Frames are counted on the running time, so rounding never adds up to drift.
+        steps = round(params.transition * params.fps)
+        shown, sent = 0.0, 0
+        for frame, seconds in _timeline(slides, params.seconds_per_image, params.transition, steps):
+            shown += seconds
             raw = frame.tobytes()
-            for _ in range(count):
+            while sent < round(shown * params.fps):
+                sent += 1
                 yield raw
 
     with workdir() as tmp:
