@@ -139,6 +139,8 @@ class AsyncFlowy:
     async def _adownload_output(self, output: RunOutput) -> bytes:
         assert output.url is not None
         url = output.url
+        if self._http.is_closed:
+            return await _http.adownload(url, self.timeout)
         expired = output.expires_at is not None and output.expires_at <= datetime.now(UTC)
         if expired and output.run_id:
             url = await self._fresh_url(output) or url

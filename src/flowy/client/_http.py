@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from flowy import __version__
-from flowy.client.errors import APIError, FlowyError, error_for_status, parse_retry_after
+from flowy.client.errors import (
+    APIConnectionError,
+    APIError,
+    FlowyError,
+    error_for_status,
+    parse_retry_after,
+)
 
 DEFAULT_API = "http://127.0.0.1:8000/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -286,3 +292,26 @@ def decode_event(ev: ServerSentEvent) -> dict[str, Any] | None:
     except ValueError:
         return None
     return payload if isinstance(payload, dict) and "seq" in payload else None
+
+
+def download(url: str, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> bytes:
+    """GET a signed link with a connection of its own (no key is sent)."""
+    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+        try:
+            res = http.get(url)
+        except httpx.TransportError as exc:
+            raise APIConnectionError(connection_message(exc, url)) from exc
+    if res.status_code >= 400:
+        raise api_error(res)
+    return res.content
+
+
+async def adownload(url: str, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> bytes:
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+        try:
+            res = await http.get(url)
+        except httpx.TransportError as exc:
+            raise APIConnectionError(connection_message(exc, url)) from exc
+    if res.status_code >= 400:
+        raise api_error(res)
+    return res.content

@@ -146,6 +146,8 @@ class Flowy:
         """Download a file output; an expired link is signed afresh by reading the run."""
         assert output.url is not None
         url = output.url
+        if self._http.is_closed:  # outputs outlive their client: a connection of their own
+            return _http.download(url, self.timeout)
         expired = output.expires_at is not None and output.expires_at <= datetime.now(UTC)
         if expired and output.run_id:
             url = self._fresh_url(output) or url

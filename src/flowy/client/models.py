@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, overload
 from urllib.parse import unquote, urlsplit
 
-import httpx
+from flowy.client import _http
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -241,10 +241,7 @@ class RunOutput:
         download = getattr(self._client, "_download_output", None)
         if download is not None:
             return bytes(download(self))
-        with httpx.Client(timeout=60, follow_redirects=True) as http:
-            res = http.get(self.url)
-            res.raise_for_status()
-            return res.content
+        return _http.download(self.url)
 
     async def aread(self) -> bytes:
         """``read()`` for async code."""
@@ -253,10 +250,7 @@ class RunOutput:
         download = getattr(self._client, "_adownload_output", None)
         if download is not None:
             return bytes(await download(self))
-        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as http:
-            res = await http.get(self.url)
-            res.raise_for_status()
-            return res.content
+        return await _http.adownload(self.url)
 
     def _target(self, path: str | os.PathLike[str]) -> Path:
         p = Path(path)
