@@ -70,7 +70,7 @@ class FlowyProcess:
             try:
                 if requests.get(f"{self.api}/health", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         else:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from flowy.api import schemas as sc
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
 from flowy.api.views import iso
 from flowy.db.models import WebhookEndpoint
@@ -71,13 +72,19 @@ def delivery_view(info: DeliveryInfo) -> Data:
 # -- the run webhook secret
 
 
-@router.get("/run-secret")
+@router.get(
+    "/run-secret", tags=["webhooks"], responses=sc.answers(200, sc.RunWebhookSecretEnvelope)
+)
 def get_run_secret(p: PlatformDep, ws: WorkspaceDep) -> Data:
     """The secret that signs per-run webhooks (the ``webhook`` of a run request)."""
     return {"data": {"secret": p.webhooks.run_secret(ws)}}
 
 
-@router.post("/run-secret/rotate")
+@router.post(
+    "/run-secret/rotate",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.RunWebhookSecretEnvelope, 413),
+)
 def rotate_run_secret(p: PlatformDep, ws: WorkspaceDep) -> Data:
     """A new run webhook secret; the previous one also signs for 24 hours."""
     return {"data": {"secret": p.webhooks.rotate_run_secret(ws)}}
@@ -101,7 +108,12 @@ def _deliveries(
     return {"data": [delivery_view(i) for i in infos], "nextCursor": next_cursor}
 
 
-@router.get("/deliveries")
+@router.get(
+    "/deliveries",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookDeliveryPage, 404, 422),
+    openapi_extra=sc.DELIVERY_QUERY,
+)
 def list_deliveries(
     p: PlatformDep,
     ws: WorkspaceDep,
@@ -115,12 +127,21 @@ def list_deliveries(
     return _deliveries(p, ws, endpoint_id, run_id, status, limit, cursor)
 
 
-@router.get("/deliveries/{delivery_id}")
+@router.get(
+    "/deliveries/{delivery_id}",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookDeliveryEnvelope, 404),
+)
 def get_delivery(p: PlatformDep, ws: WorkspaceDep, delivery_id: str) -> Data:
     return {"data": delivery_view(p.webhooks.get_delivery(ws, delivery_id))}
 
 
-@router.post("/deliveries/{delivery_id}/redeliver", status_code=202)
+@router.post(
+    "/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    tags=["webhooks"],
+    responses=sc.answers(202, sc.WebhookDeliveryEnvelope, 404, 409, 413, e409=sc.REDELIVER_409),
+)
 def redeliver(p: PlatformDep, ws: WorkspaceDep, delivery_id: str) -> Data:
     """Send the delivery's message again now, with the same ``webhook-id``."""
     return {"data": delivery_view(p.webhooks.redeliver(ws, delivery_id))}
@@ -129,7 +150,21 @@ def redeliver(p: PlatformDep, ws: WorkspaceDep, delivery_id: str) -> Data:
 # -- endpoints
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    tags=["webhooks"],
+    responses=sc.answers(
+        201,
+        sc.WebhookEndpointWithSecretEnvelope,
+        400,
+        409,
+        413,
+        422,
+        e409="`conflict`: the workspace already has the most endpoints it may have (50).",
+    ),
+    openapi_extra=sc.json_body(sc.WebhookEndpointCreate),
+)
 def create_endpoint(p: PlatformDep, ws: WorkspaceDep, body: BodyDep) -> Data:
     """Make an endpoint from ``{"url", "events"?, "description"?, "enabled"?}``.  The
     answer carries its ``whsec_`` secret, which is never shown again."""
@@ -137,36 +172,61 @@ def create_endpoint(p: PlatformDep, ws: WorkspaceDep, body: BodyDep) -> Data:
     return {"data": endpoint_view(ep, secret)}
 
 
-@router.get("")
+@router.get("", tags=["webhooks"], responses=sc.answers(200, sc.WebhookEndpointList))
 def list_endpoints(p: PlatformDep, ws: WorkspaceDep) -> Data:
     return {"data": [endpoint_view(ep) for ep in p.webhooks.list_endpoints(ws)]}
 
 
-@router.get("/{endpoint_id}")
+@router.get(
+    "/{endpoint_id}",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookEndpointEnvelope, 404),
+)
 def get_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -> Data:
     return {"data": endpoint_view(p.webhooks.get_endpoint(ws, endpoint_id))}
 
 
-@router.patch("/{endpoint_id}")
+@router.patch(
+    "/{endpoint_id}",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookEndpointEnvelope, 400, 404, 413, 422),
+    openapi_extra=sc.json_body(sc.WebhookEndpointUpdate),
+)
 def update_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str, body: BodyDep) -> Data:
     """Change ``url``, ``events``, ``description`` or ``enabled``."""
     return {"data": endpoint_view(p.webhooks.update_endpoint(ws, endpoint_id, body))}
 
 
-@router.delete("/{endpoint_id}", status_code=204)
+@router.delete(
+    "/{endpoint_id}",
+    status_code=204,
+    tags=["webhooks"],
+    responses=sc.answers(
+        204, None, 404, 413, ok_description="Deleted.", ok_rate_limit_headers=False
+    ),
+)
 def delete_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -> Response:
     p.webhooks.delete_endpoint(ws, endpoint_id)
     return Response(status_code=204)
 
 
-@router.post("/{endpoint_id}/rotate-secret")
+@router.post(
+    "/{endpoint_id}/rotate-secret",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookEndpointWithSecretEnvelope, 404, 413),
+)
 def rotate_endpoint_secret(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -> Data:
     """A new secret, shown this once; the previous one also signs for 24 hours."""
     ep, secret = p.webhooks.rotate_endpoint_secret(ws, endpoint_id)
     return {"data": endpoint_view(ep, secret)}
 
 
-@router.get("/{endpoint_id}/deliveries")
+@router.get(
+    "/{endpoint_id}/deliveries",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookDeliveryPage, 404, 422),
+    openapi_extra=sc.DELIVERY_QUERY,
+)
 def list_endpoint_deliveries(
     p: PlatformDep,
     ws: WorkspaceDep,
@@ -179,14 +239,23 @@ def list_endpoint_deliveries(
     return _deliveries(p, ws, endpoint_id, None, status, limit, cursor)
 
 
-@router.get("/{endpoint_id}/deliveries/{delivery_id}")
+@router.get(
+    "/{endpoint_id}/deliveries/{delivery_id}",
+    tags=["webhooks"],
+    responses=sc.answers(200, sc.WebhookDeliveryEnvelope, 404),
+)
 def get_endpoint_delivery(
     p: PlatformDep, ws: WorkspaceDep, endpoint_id: str, delivery_id: str
 ) -> Data:
     return {"data": delivery_view(p.webhooks.get_delivery(ws, delivery_id, endpoint_id))}
 
 
-@router.post("/{endpoint_id}/deliveries/{delivery_id}/redeliver", status_code=202)
+@router.post(
+    "/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    tags=["webhooks"],
+    responses=sc.answers(202, sc.WebhookDeliveryEnvelope, 404, 409, 413, e409=sc.REDELIVER_409),
+)
 def redeliver_endpoint_delivery(
     p: PlatformDep, ws: WorkspaceDep, endpoint_id: str, delivery_id: str
 ) -> Data:

@@ -219,27 +219,31 @@ def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
     """Queue ``event_type`` of a run for its own webhook and the workspace's enabled
     endpoints that want it, in the caller's transaction.  Answers the deliveries made."""
     runs = Run.__table__
-    row = s.execute(select(runs).where(runs.c.id == run_id)).mappings().one_or_none()
-    if row is None:
+    head = s.execute(
+        select(runs.c.workspace_id, runs.c.webhook_url, runs.c.webhook_events).where(
+            runs.c.id == run_id
+        )
+    ).one_or_none()
+    if head is None:
         return 0
+    workspace_id, webhook_url, webhook_events = head
     targets: list[tuple[str | None, str | None]] = []
-    if row["webhook_url"] and event_type in (row["webhook_events"] or DEFAULT_EVENTS):
-        targets.append((None, row["webhook_url"]))
+    if webhook_url and event_type in (webhook_events or DEFAULT_EVENTS):
+        targets.append((None, webhook_url))
     endpoints = s.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.events)
-        .where(
-            WebhookEndpoint.workspace_id == row["workspace_id"],
-            WebhookEndpoint.enabled.is_(True),
-        )
+        .where(WebhookEndpoint.workspace_id == workspace_id, WebhookEndpoint.enabled.is_(True))
         .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
     ).all()
     targets += [(ep.id, None) for ep in endpoints if event_type in ep.events]
     if not targets:
-        return 0
+        return 0  # the common case: two small reads, nothing written
+    columns = [c for c in runs.c if c.key not in _SNAPSHOT_SKIP]
+    row = s.execute(select(*columns).where(runs.c.id == run_id)).mappings().one()
     now = utcnow()
     msg = WebhookMessage(
         id=new_message_id(),
-        workspace_id=row["workspace_id"],
+        workspace_id=workspace_id,
         run_id=run_id,
         type=event_type,
         run=_snapshot(row),
@@ -250,7 +254,7 @@ def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
     for endpoint_id, url in targets:
         s.add(
             WebhookDelivery(
-                workspace_id=row["workspace_id"],
+                workspace_id=workspace_id,
                 message_id=msg.id,
                 endpoint_id=endpoint_id,
                 url=url,

@@ -247,7 +247,9 @@ class WebhookDispatcher:
 
     def _run_one(self, delivery_id: str, token: str) -> None:
         try:
-            self.record(delivery_id, token, self.attempt(delivery_id))
+            out = self.attempt(delivery_id)
+            if out is not None:
+                self.record(delivery_id, token, out)
         except Exception:
             logger.exception("webhook delivery %s failed unexpectedly", delivery_id)
         finally:
@@ -257,13 +259,13 @@ class WebhookDispatcher:
 
     # -- sending
 
-    def attempt(self, delivery_id: str) -> Outcome:
-        """Build, sign and POST a claimed delivery's message."""
+    def attempt(self, delivery_id: str) -> Outcome | None:
+        """Build, sign and POST a claimed delivery's message (None: it was deleted)."""
         with self.db.read() as s:
             d = s.get(WebhookDelivery, delivery_id)
-            assert d is not None
-            msg = s.get(WebhookMessage, d.message_id)
-            assert msg is not None
+            msg = s.get(WebhookMessage, d.message_id) if d is not None else None
+            if d is None or msg is None:
+                return None  # its endpoint was deleted meanwhile
             ep = s.get(WebhookEndpoint, d.endpoint_id) if d.endpoint_id else None
         if d.endpoint_id is not None and (ep is None or not ep.enabled):
             return Outcome(None, d.url or "", error="the endpoint is disabled")
