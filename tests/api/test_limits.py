@@ -136,7 +136,10 @@ def test_concurrent_run_limit_queues_rather_than_refuses(server: FlowyProcess) -
     overlap = False
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        states = [server.get(f"/runs/{r['runId']}").json()["data"] for r in (first, second)]
+        # One request reads both runs in one transaction: a consistent snapshot.
+        page = server.get(f"/apps/{app}/runs").json()["data"]
+        by_id = {r["runId"]: r for r in page}
+        states = [by_id[first["runId"]], by_id[second["runId"]]]
         statuses = [s["status"] for s in states]
         overlap |= statuses == ["running", "running"]
         if all(s in ("completed", "failed") for s in statuses):
