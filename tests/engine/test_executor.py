@@ -103,6 +103,9 @@ class Recorder:
         self.events: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
+    def tick(self) -> None:
+        pass
+
     def node_started(self, node_id: str) -> None:
         with self._lock:
             self.events.append(("started", node_id))

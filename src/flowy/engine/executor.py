@@ -43,6 +43,11 @@ class EventSink(Protocol):
 
     def node_skipped(self, node_id: str) -> None: ...
 
+    def tick(self) -> None:
+        """Called by the scheduler at least every WATCH_INTERVAL while the run goes on
+        (a sink may batch its writes and flush them here)."""
+        ...
+
 
 class NullSink:
     """An event sink that drops everything."""
@@ -59,6 +64,9 @@ class NullSink:
         pass
 
     def node_skipped(self, node_id: str) -> None:
+        pass
+
+    def tick(self) -> None:
         pass
 
 
@@ -295,6 +303,7 @@ class WorkflowExecutor:
                     sink.node_finished(nid, cached=res.cached)
                     complete(nid, res.values, res.keys)
                 self._watch(workflow, request, running, sink)
+                sink.tick()
         except RunFailed as failed:
             failed.outputs = dict(outputs)
             raise

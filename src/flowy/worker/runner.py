@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from flowy.db.models import AppVersion, Run, utcnow
 from flowy.db.session import Database
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Progress is written at most this often per node, so a chatty node cannot flood the DB.
 PROGRESS_INTERVAL = 0.5
+#: Node changes closer together than this are written in one transaction.
+FLUSH_INTERVAL = 0.05
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -45,7 +48,13 @@ def _iso_now() -> str:
 
 
 class RunSink:
-    """Keeps per-node state of one run and writes it to the run row (fenced)."""
+    """Keeps per-node state of one run and writes it, with its events, to the run row.
+
+    Writes are coalesced: a burst of node changes within ``FLUSH_INTERVAL`` becomes one
+    fenced transaction, written by the executor's :meth:`tick` or by the terminal
+    transaction (:meth:`drain`).  A fast run thus costs its claim and its end, not a
+    write per node change, while a slow node's start still shows within a tick.
+    """
 
     def __init__(self, db: Database, run: Run, owner: str, workflow: Workflow) -> None:
         self.db = db
@@ -53,9 +62,12 @@ class RunSink:
         self.owner = owner
         self.attempt = run.attempt
         self.lost = False
-        self._lock = threading.Lock()
+        # Re-entrant: _flush holds it and calls drain, which the terminal write also uses.
+        self._lock = threading.RLock()
         self._t0: dict[str, float] = {}
         self._last_progress: dict[str, float] = {}
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._last_flush = time.monotonic()  # the claim was just written
         self.states: dict[str, dict[str, Any]] = {
             nid: {
                 "type": workflow.nodes[nid].type.type,
@@ -65,10 +77,26 @@ class RunSink:
             for nid in workflow.order
         }
 
-    def _flush(self, node_id: str, event: str) -> None:
-        """Write the node states and the node's event, fenced, in one transaction."""
-        data = {"nodeId": node_id, **self.states[node_id]}
+    def _record(self, node_id: str, event: str) -> None:
+        """Queue the node's event (lock held); write now if the last write is old."""
+        self._pending.append((event, {"nodeId": node_id, **self.states[node_id]}))
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the node states and the queued events, fenced, in one transaction."""
+        if not self._pending or self.lost:
+            return
         with self.db.write() as s:
+            ok = self.drain(s)
+        self._last_flush = time.monotonic()
+        if not ok:
+            self.lost = True
+
+    def drain(self, s: Session) -> bool:
+        """Write the node states and queued events in the caller's transaction (fenced);
+        False if this worker no longer holds the run."""
+        with self._lock:
             ok = fenced_update(
                 s,
                 self.run_id,
@@ -77,9 +105,15 @@ class RunSink:
                 nodes={k: dict(v) for k, v in self.states.items()},
             )
             if ok:
-                emit(s, self.run_id, event, data)
-        if not ok:
-            self.lost = True
+                for event, data in self._pending:
+                    emit(s, self.run_id, event, data)
+            self._pending.clear()
+            return ok
+
+    def tick(self) -> None:
+        with self._lock:
+            if self._pending and time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+                self._flush()
 
     def node_started(self, node_id: str) -> None:
         with self._lock:
@@ -87,7 +121,7 @@ class RunSink:
             self.states[node_id].update(
                 status=NodeStatus.RUNNING, startedAt=_iso_now(), progress=0.0
             )
-            self._flush(node_id, "node.started")
+            self._record(node_id, "node.started")
 
     def node_progress(self, node_id: str, fraction: float) -> None:
         now = time.monotonic()
@@ -97,12 +131,12 @@ class RunSink:
             if now - self._last_progress.get(node_id, 0.0) < PROGRESS_INTERVAL:
                 return
             self._last_progress[node_id] = now
-            self._flush(node_id, "node.progress")
+            self._record(node_id, "node.progress")
 
     def node_skipped(self, node_id: str) -> None:
         with self._lock:
             self.states[node_id].update(status=NodeStatus.SKIPPED)
-            self._flush(node_id, "node.skipped")
+            self._record(node_id, "node.skipped")
 
     def node_finished(
         self, node_id: str, *, error: str | None = None, cached: bool = False
@@ -119,7 +153,7 @@ class RunSink:
                     state["cached"] = True
             else:
                 state.update(status=NodeStatus.FAILED, error=error)
-            self._flush(node_id, "node.finished" if error is None else "node.failed")
+            self._record(node_id, "node.finished" if error is None else "node.failed")
 
     def close_pending(self, status: NodeStatus) -> None:
         with self._lock:
@@ -244,7 +278,7 @@ class RunProcessor:
             # A canceled or failed run keeps the outputs it had already made.
             partial = self._store_outputs(run, workflow, failed.outputs, partial=True)
             with self.db.write() as s:
-                ok = finish(
+                ok = sink.drain(s) and finish(
                     s,
                     run.id,
                     self.owner,
@@ -259,7 +293,7 @@ class RunProcessor:
         else:
             outputs = self._store_outputs(run, workflow, values)
             with self.db.write() as s:
-                ok = finish(
+                ok = sink.drain(s) and finish(
                     s,
                     run.id,
                     self.owner,
