@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -286,4 +287,9 @@ def test_run_lists_filter_and_page(server: FlowyProcess) -> None:
         server.get("/runs", params={"cursor": "nonsense"}), 422, "validation_error", "cursor"
     )
     assert_error(server.get("/runs", params={"status": "done"}), 422, "validation_error")
+    for forged in ('["2026-01-01T00:00:00", "x"]', '["0001-01-01T00:00:00+01:00", "x"]', "[1]"):
+        token = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+        assert_error(
+            server.get("/runs", params={"cursor": token}), 422, "validation_error", "cursor"
+        )
     assert_error(server.get("/apps/ffffffffffffffffffffffff/runs"), 404, "not_found")

@@ -34,6 +34,10 @@ def test_secrets_are_write_only_and_encrypted(flowy: FlowyProcess) -> None:
     )
     err = assert_error(bad, 422, "validation_error")
     assert {d["field"] for d in err["details"]} == {"name", "value"}
+    trailing = requests.put(
+        f"{flowy.api}/secrets/NAME%0A", json={"value": "v"}, headers=flowy.headers(), timeout=10
+    )
+    assert_error(trailing, 422, "validation_error", "name")
     assert flowy.delete("/secrets/OPENAI_API_KEY").status_code == 204
     assert_error(flowy.delete("/secrets/OPENAI_API_KEY"), 404, "not_found")
     assert value not in "".join(flowy.output)

@@ -11,6 +11,7 @@ from flowy import __version__
 from flowy.api import errors
 from flowy.api.limits import BodyLimit
 from flowy.api.routes import router
+from flowy.api.schemas import install_openapi
 from flowy.api.webhooks import router as webhooks_router
 from flowy.services.platform import Platform
 from flowy.settings import Settings, load_settings
@@ -44,4 +45,5 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     app.include_router(router)
     app.include_router(webhooks_router)
+    install_openapi(app, settings)
     return app

@@ -23,7 +23,8 @@ PlatformDep = Annotated[Platform, Depends(platform)]
 def workspace(
     p: PlatformDep,
     response: Response,
-    authorization: Annotated[str | None, Header()] = None,
+    # Documented as the bearer security scheme of the OpenAPI document, not a parameter.
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:
     """The workspace of the Bearer key; AuthError (401) otherwise, RateLimited (429) when
     the key is over its request rate."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from flowy.errors import FlowyError
 
@@ -37,6 +40,21 @@ def error_response(
     )
 
 
+def _allowed_methods(request: Request, fallback: str) -> str:
+    """Every method of the path, for ``Allow`` on 405 (RFC 9110).  Starlette names only
+    those of the first route that matched the path, e.g. GET for ``/v1/apps``."""
+    routes: Iterable[Any] = request.app.routes
+    # FastAPI >= 0.16x nests included routers; this flattens them (older ones are flat).
+    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
+    if flatten is not None:
+        routes = flatten(routes)
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods)) or fallback
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FlowyError)
     async def _flowy(_req: Request, exc: FlowyError) -> JSONResponse:
@@ -46,16 +64,19 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail) if exc.detail else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(req, headers.get("Allow", ""))
         return error_response(
             exc.status_code,
             _HTTP_CODES.get(exc.status_code, "error"),
             message,
             None,
-            dict(exc.headers or {}),
+            headers,
         )
 
     @app.exception_handler(RequestValidationError)

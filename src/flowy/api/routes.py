@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from flowy.api import schemas as sc
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
 from flowy.api.views import app_detail, app_summary, iso
 from flowy.db.models import Asset, RunEvent
@@ -51,18 +52,33 @@ def _fields(body: Any, allowed: set[str]) -> dict[str, Any]:
     return body
 
 
-@router.get("/health", include_in_schema=False)
+@router.get(
+    "/health",
+    tags=["health"],
+    responses=sc.answers(200, sc.Health, public=True, ok_description="The server is up."),
+    openapi_extra=sc.PUBLIC,
+)
 def health() -> Data:
+    """Whether the server answers (no API key needed)."""
     return {"data": {"status": "ok"}}
 
 
-@router.get("/apps")
+@router.get("/apps", tags=["apps"], responses=sc.answers(200, sc.AppList))
 def list_apps(p: PlatformDep, ws: WorkspaceDep) -> Data:
     return {"data": [app_summary(a) for a in p.apps.list(ws)]}
 
 
-@router.post("/apps", status_code=201)
+@router.post(
+    "/apps",
+    status_code=201,
+    tags=["apps"],
+    responses=sc.answers(
+        201, sc.AppEnvelope, 400, 413, 422, ok_description="The new app.", e422=sc.WORKFLOW_422
+    ),
+    openapi_extra=sc.json_body(sc.AppCreate),
+)
 def create_app(p: PlatformDep, ws: WorkspaceDep, body: BodyDep) -> Data:
+    """Make an app (version 1) from a workflow, validated against the node catalog."""
     b = _fields(body, _APP_FIELDS)
     if "workflow" not in b:
         raise ValidationFailed([Issue("required", "'workflow' is required", field="workflow")])
@@ -76,13 +92,20 @@ def create_app(p: PlatformDep, ws: WorkspaceDep, body: BodyDep) -> Data:
     return {"data": app_detail(d)}
 
 
-@router.get("/apps/{app_id}")
+@router.get("/apps/{app_id}", tags=["apps"], responses=sc.answers(200, sc.AppEnvelope, 404))
 def get_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Data:
     return {"data": app_detail(p.apps.get(ws, app_id))}
 
 
-@router.patch("/apps/{app_id}")
+@router.patch(
+    "/apps/{app_id}",
+    tags=["apps"],
+    responses=sc.answers(200, sc.AppEnvelope, 400, 404, 413, 422, e422=sc.WORKFLOW_422),
+    openapi_extra=sc.json_body(sc.AppUpdate),
+)
 def update_app(p: PlatformDep, ws: WorkspaceDep, app_id: str, body: BodyDep) -> Data:
+    """Change title, description or published; a new ``workflow`` makes a new version
+    (runs in flight keep theirs)."""
     b = _fields(body, _APP_FIELDS)
     d = p.apps.update(
         ws,
@@ -95,31 +118,84 @@ def update_app(p: PlatformDep, ws: WorkspaceDep, app_id: str, body: BodyDep) -> 
     return {"data": app_detail(d)}
 
 
-@router.post("/apps/{app_id}/publish")
+@router.post(
+    "/apps/{app_id}/publish", tags=["apps"], responses=sc.answers(200, sc.AppEnvelope, 404, 413)
+)
 def publish_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Data:
     return {"data": app_detail(p.apps.update(ws, app_id, published=True))}
 
 
-@router.post("/apps/{app_id}/unpublish")
+@router.post(
+    "/apps/{app_id}/unpublish",
+    tags=["apps"],
+    responses=sc.answers(200, sc.AppEnvelope, 404, 413),
+)
 def unpublish_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Data:
     return {"data": app_detail(p.apps.update(ws, app_id, published=False))}
 
 
-@router.delete("/apps/{app_id}", status_code=204)
+@router.delete(
+    "/apps/{app_id}",
+    status_code=204,
+    tags=["apps"],
+    responses=sc.answers(
+        204, None, 404, 413, ok_description="Deleted.", ok_rate_limit_headers=False
+    ),
+)
 def delete_app(p: PlatformDep, ws: WorkspaceDep, app_id: str) -> Response:
+    """Delete an app; its past runs stay readable, new runs are refused (404)."""
     p.apps.delete(ws, app_id)
     return Response(status_code=204)
 
 
-@router.post("/apps/{app_id}/runs", status_code=201)
+@router.post(
+    "/apps/{app_id}/runs",
+    status_code=201,
+    tags=["runs"],
+    responses=sc.answers(
+        201,
+        sc.RunStarted,
+        400,
+        404,
+        409,
+        413,
+        422,
+        ok_description="The run was made (or, with an Idempotency-Key, replayed).",
+        ok_headers=sc.RUN_STARTED_HEADERS,
+        e409="`conflict`: the app is not published, or a request with the same "
+        "Idempotency-Key is still in progress.",
+        e422="`validation_error`: every problem with the inputs at once, each naming its "
+        "field (`inputs.node_1`).  Which inputs there are, which are required and what "
+        "each takes is the app's (GET /v1/apps/{app_id}), so a body this schema accepts can "
+        "still be refused.  Also: an Idempotency-Key used with another request, or a bad "
+        "`Prefer: wait`.",
+    ),
+    openapi_extra=sc.json_body(sc.RunCreate),
+)
 async def create_run(
     p: PlatformDep,
     ws: WorkspaceDep,
     app_id: str,
     body: BodyDep,
     response: Response,
-    prefer: Annotated[str | None, Header()] = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            description="`wait=N`: answer when the run has ended or N seconds (at most 60) "
+            "have passed, with the whole run.  Other preferences are ignored.",
+            examples=["wait=10"],
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="The same key and body within 24 hours replay the first answer "
+            "instead of starting another run.",
+            json_schema_extra=sc.IDEMPOTENCY_KEY_HEADER,
+        ),
+    ] = None,
 ) -> Data:
     """Start a run.
 
@@ -189,12 +265,18 @@ def _prefer_wait(prefer: str | None) -> int | None:
     return None
 
 
-@router.get("/runs/{run_id}")
+@router.get(
+    "/runs/{run_id}",
+    tags=["runs"],
+    responses=sc.answers(200, sc.RunEnvelope, 404, ok_description="The run, links signed afresh."),
+)
 def get_run(p: PlatformDep, ws: WorkspaceDep, run_id: str) -> Data:
     return {"data": p.runs.public(p.runs.get(ws, run_id))}
 
 
-@router.post("/runs/{run_id}/cancel")
+@router.post(
+    "/runs/{run_id}/cancel", tags=["runs"], responses=sc.answers(200, sc.RunEnvelope, 404, 413)
+)
 def cancel_run(p: PlatformDep, ws: WorkspaceDep, run_id: str) -> Data:
     """Cancel a run; idempotent.  A queued run ends at once, a running one promptly."""
     return {"data": p.runs.public(p.runs.cancel(ws, run_id))}
@@ -205,64 +287,134 @@ def _list_runs(p: Platform, ws: str, f: RunFilter, limit: int, cursor: str | Non
     return {"data": [p.runs.public(r, nodes=False) for r in runs], "nextCursor": next_cursor}
 
 
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+def _utc(dt: datetime | None, field: str) -> datetime | None:
+    """An aware UTC time (naive ones are UTC); 422 for one UTC cannot hold (year 1 with
+    an offset east of UTC, year 9999 west of it), which would fail the query with 500."""
+    if dt is None:
+        return None
+    try:
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(
+            [Issue("invalid_value", "out of the range of UTC times", field=field)]
+        ) from None
 
 
-@router.get("/runs")
+_AFTER = "Only runs made after this time."
+_BEFORE = "Only runs made before this time."
+_CURSOR = "The `nextCursor` of the previous page."
+
+
+@router.get("/runs", tags=["runs"], responses=sc.answers(200, sc.RunPage, 422))
 def list_runs(
     p: PlatformDep,
     ws: WorkspaceDep,
     app_id: Annotated[str | None, Query(alias="appId")] = None,
-    status: Annotated[str | None, Query()] = None,
+    status: Annotated[str | None, Query(json_schema_extra=sc.RUN_STATUS_QUERY)] = None,
     version_id: Annotated[str | None, Query(alias="versionId")] = None,
-    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
-    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
-    limit: Annotated[int, Query()] = 20,
-    cursor: Annotated[str | None, Query()] = None,
+    created_after: Annotated[
+        datetime | None,
+        Query(alias="createdAfter", description=_AFTER, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    created_before: Annotated[
+        datetime | None,
+        Query(alias="createdBefore", description=_BEFORE, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    limit: Annotated[int, Query(json_schema_extra=sc.LIMIT_QUERY)] = 20,
+    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
 ) -> Data:
     """Runs of the workspace, newest first, a page at a time (``nextCursor``)."""
-    f = RunFilter(app_id, status, version_id, _utc(created_after), _utc(created_before))
+    f = RunFilter(
+        app_id,
+        status,
+        version_id,
+        _utc(created_after, "createdAfter"),
+        _utc(created_before, "createdBefore"),
+    )
     return _list_runs(p, ws, f, limit, cursor)
 
 
-@router.get("/apps/{app_id}/runs")
+@router.get("/apps/{app_id}/runs", tags=["runs"], responses=sc.answers(200, sc.RunPage, 404, 422))
 def list_app_runs(
     p: PlatformDep,
     ws: WorkspaceDep,
     app_id: str,
-    status: Annotated[str | None, Query()] = None,
+    status: Annotated[str | None, Query(json_schema_extra=sc.RUN_STATUS_QUERY)] = None,
     version_id: Annotated[str | None, Query(alias="versionId")] = None,
-    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
-    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
-    limit: Annotated[int, Query()] = 20,
-    cursor: Annotated[str | None, Query()] = None,
+    created_after: Annotated[
+        datetime | None,
+        Query(alias="createdAfter", description=_AFTER, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    created_before: Annotated[
+        datetime | None,
+        Query(alias="createdBefore", description=_BEFORE, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    limit: Annotated[int, Query(json_schema_extra=sc.LIMIT_QUERY)] = 20,
+    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
 ) -> Data:
     """Runs of one app, newest first."""
     app = p.apps.get(ws, app_id)  # 404 for another workspace's app
-    f = RunFilter(app.app.id, status, version_id, _utc(created_after), _utc(created_before))
+    f = RunFilter(
+        app.app.id,
+        status,
+        version_id,
+        _utc(created_after, "createdAfter"),
+        _utc(created_before, "createdBefore"),
+    )
     return _list_runs(p, ws, f, limit, cursor)
 
 
-@router.get("/runs/{run_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    tags=["runs"],
+    responses=sc.answers(
+        200,
+        None,
+        404,
+        422,
+        ok_rate_limit_headers=False,
+        ok_description="Server-Sent Events, from the first (or after the given one) to the "
+        "terminal event.",
+        ok_headers=sc.EVENT_STREAM_HEADERS,
+        ok_content=sc.EVENT_STREAM,
+        e422="`validation_error`: a Last-Event-ID or `after` that is not an event id.",
+    ),
+)
 async def run_events(
     request: Request,
     p: PlatformDep,
     ws: WorkspaceDep,
     run_id: str,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query()] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this event (EventSource sends it on reconnect): an "
+            "id the stream sent, or empty for the start.",
+            json_schema_extra=sc.LAST_EVENT_ID_HEADER,
+        ),
+    ] = None,
+    after: Annotated[
+        int | None, Query(description="Resume after this event id; wins over Last-Event-ID.")
+    ] = None,
 ) -> StreamingResponse:
     """The run's events as Server-Sent Events; resume with ``Last-Event-ID``.  The
     stream ends after the terminal event."""
     run = await run_in_threadpool(p.runs.get, ws, run_id)
-    start = after if after is not None else _last_id(last_event_id)
+    resume = _last_id(last_event_id)  # checked even when `after` wins: no silent garbage
+    start = after if after is not None else resume
+    start = max(0, min(start, _MAX_SEQ))  # beyond SQLite's 64-bit integers the query fails
     keepalive = p.settings.server.sse_keepalive_seconds
     return StreamingResponse(
-        _event_stream(request, p, run.id, start, keepalive),
+        _event_stream(request, p, ws, run.id, start, keepalive),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+#: The largest event id a query can compare with (SQLite integers are signed 64-bit).
+_MAX_SEQ = 2**63 - 1
 
 
 def _last_id(value: str | None) -> int:
@@ -283,11 +435,14 @@ def _last_id(value: str | None) -> int:
 
 
 async def _event_stream(
-    request: Request, p: Platform, run_id: str, after: int, keepalive: float
+    request: Request, p: Platform, ws: str, run_id: str, after: int, keepalive: float
 ) -> AsyncIterator[bytes]:
     with p.bus.subscribe(run_id) as sub:
         yield b"retry: 1000\n\n"
         while True:
+            # Read before the events: a run's end commits with its terminal event, so an
+            # ended run has every event stored by now.
+            run = await run_in_threadpool(p.runs.get, ws, run_id)
             events = await run_in_threadpool(read_events, p.db, run_id, after)
             for ev in events:
                 after = ev.seq
@@ -296,6 +451,8 @@ async def _event_stream(
                     return
             if events:
                 continue
+            if run.status in TERMINAL:
+                return  # resumed at or after its terminal event: nothing more will come
             if await request.is_disconnected():
                 return
             if not await sub.wait(keepalive):
@@ -317,15 +474,32 @@ def _sse(p: Platform, run_id: str, ev: RunEvent) -> bytes:
     return f"id: {ev.seq}\nevent: {ev.type}\ndata: {body}\n\n".encode()
 
 
-@router.get("/nodes")
+@router.get("/nodes", tags=["nodes"], responses=sc.answers(200, sc.NodeCatalog))
 def list_nodes(p: PlatformDep, ws: WorkspaceDep) -> Data:
+    """The node catalog: each type's ports, and its params as JSON Schema."""
     return {"data": [t.describe() for t in p.registry]}
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
-@router.post("/uploads", status_code=201)
+@router.post(
+    "/uploads",
+    status_code=201,
+    tags=["files"],
+    responses=sc.answers(
+        201,
+        sc.UploadEnvelope,
+        400,
+        413,
+        422,
+        ok_description="The stored file and a link to it.",
+        e400="`bad_request`: not multipart/form-data, or a malformed multipart body.",
+        e413="`payload_too_large`: the file is over the media limit.",
+        e422="`validation_error`: no file field named `file`, or an empty file.",
+    ),
+    openapi_extra=sc.multipart_body(sc.UploadForm, "The file, in a field named `file`."),
+)
 async def upload(request: Request, p: PlatformDep, ws: WorkspaceDep) -> Data:
     """Store a file sent as multipart/form-data (field ``file``); answer with a link that
     any run input accepts."""
@@ -347,7 +521,9 @@ async def upload(request: Request, p: PlatformDep, ws: WorkspaceDep) -> Data:
     return {"data": _upload_view(p, p.files.store(ws, data, filename=name, kind="upload"))}
 
 
-@router.get("/uploads/{upload_id}")
+@router.get(
+    "/uploads/{upload_id}", tags=["files"], responses=sc.answers(200, sc.UploadEnvelope, 404)
+)
 def get_upload(p: PlatformDep, ws: WorkspaceDep, upload_id: str) -> Data:
     """An upload of the workspace with a freshly signed link."""
     return {"data": _upload_view(p, p.files.get(ws, upload_id))}
@@ -366,13 +542,29 @@ def _upload_view(p: PlatformDep, asset: Asset) -> Data:
     }
 
 
-@router.get("/files/{asset_id}/{filename}", include_in_schema=True)
+@router.get(
+    "/files/{asset_id}/{filename}",
+    tags=["files"],
+    response_class=Response,
+    responses=sc.FILE_ANSWERS
+    | sc.answers(
+        None,
+        None,
+        403,
+        410,
+        public=True,
+        e403="`forbidden`: a missing, malformed, tampered or expired link (no more is said).",
+    ),
+    openapi_extra={**sc.PUBLIC, "parameters": [sc.RANGE_PARAMETER]},
+)
 def download(
     p: PlatformDep,
     asset_id: str,
     filename: str,
-    expires: Annotated[str | None, Query()] = None,
-    signature: Annotated[str | None, Query()] = None,
+    expires: Annotated[
+        str | None, Query(description="Unix seconds the link is valid until; from the link.")
+    ] = None,
+    signature: Annotated[str | None, Query(description="The link's signature.")] = None,
 ) -> Response:
     """Serve a stored file to whoever holds a valid signed link (no API key needed)."""
     asset, data = p.files.open(asset_id, filename, expires, signature)
@@ -390,21 +582,34 @@ def download(
     return Response(data, media_type=asset.content_type, headers=headers)
 
 
-@router.get("/secrets")
+@router.get("/secrets", tags=["secrets"], responses=sc.answers(200, sc.SecretList))
 def list_secrets(p: PlatformDep, ws: WorkspaceDep) -> Data:
     """Names of the workspace's secrets; values are never returned."""
     return {"data": [_secret_view(i) for i in p.secrets.list(ws)]}
 
 
-@router.put("/secrets/{name}")
+@router.put(
+    "/secrets/{name}",
+    tags=["secrets"],
+    responses=sc.answers(200, sc.SecretEnvelope, 400, 413, 422),
+    openapi_extra=sc.json_body(sc.SecretPut),
+)
 def put_secret(p: PlatformDep, ws: WorkspaceDep, name: str, body: BodyDep) -> Data:
     """Create or replace a secret from ``{"value": "..."}``; stored encrypted."""
     b = _fields(body, {"value"})
     return {"data": _secret_view(p.secrets.put(ws, name, b.get("value")))}
 
 
-@router.delete("/secrets/{name}", status_code=204)
+@router.delete(
+    "/secrets/{name}",
+    status_code=204,
+    tags=["secrets"],
+    responses=sc.answers(
+        204, None, 404, 413, ok_description="Deleted.", ok_rate_limit_headers=False
+    ),
+)
 def delete_secret(p: PlatformDep, ws: WorkspaceDep, name: str) -> Response:
+    """Delete a secret."""
     p.secrets.delete(ws, name)
     return Response(status_code=204)
 

@@ -1,7 +1,9 @@
 """Webhook routes: endpoints, their secrets, the delivery log, redelivery.
 
 Literal paths (``/webhooks/run-secret``, ``/webhooks/deliveries``) are declared before
-``/webhooks/{endpoint_id}`` so they are never read as an id.
+``/webhooks/{endpoint_id}`` so they are never read as an id, and endpoint ids only match
+ids (``{endpoint_id:id}``): otherwise PATCH or DELETE of a literal path would reach the
+endpoint routes (and answer 422 or 404) instead of 405.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from flowy.api import schemas as sc
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
@@ -19,6 +22,21 @@ from flowy.services.webhooks import DeliveryInfo
 
 router = APIRouter(prefix="/v1/webhooks")
 Data = dict[str, Any]
+
+
+class _IdConvertor(Convertor[str]):
+    """A path segment that is an object id (:mod:`flowy.ids`)."""
+
+    regex = "[0-9a-f]{24}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("id", _IdConvertor())
 
 
 def endpoint_view(ep: WebhookEndpoint, secret: str | None = None) -> Data:
@@ -178,7 +196,7 @@ def list_endpoints(p: PlatformDep, ws: WorkspaceDep) -> Data:
 
 
 @router.get(
-    "/{endpoint_id}",
+    "/{endpoint_id:id}",
     tags=["webhooks"],
     responses=sc.answers(200, sc.WebhookEndpointEnvelope, 404),
 )
@@ -187,7 +205,7 @@ def get_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -> Data:
 
 
 @router.patch(
-    "/{endpoint_id}",
+    "/{endpoint_id:id}",
     tags=["webhooks"],
     responses=sc.answers(200, sc.WebhookEndpointEnvelope, 400, 404, 413, 422),
     openapi_extra=sc.json_body(sc.WebhookEndpointUpdate),
@@ -198,7 +216,7 @@ def update_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str, body: Bo
 
 
 @router.delete(
-    "/{endpoint_id}",
+    "/{endpoint_id:id}",
     status_code=204,
     tags=["webhooks"],
     responses=sc.answers(
@@ -211,7 +229,7 @@ def delete_endpoint(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -> Respo
 
 
 @router.post(
-    "/{endpoint_id}/rotate-secret",
+    "/{endpoint_id:id}/rotate-secret",
     tags=["webhooks"],
     responses=sc.answers(200, sc.WebhookEndpointWithSecretEnvelope, 404, 413),
 )
@@ -222,7 +240,7 @@ def rotate_endpoint_secret(p: PlatformDep, ws: WorkspaceDep, endpoint_id: str) -
 
 
 @router.get(
-    "/{endpoint_id}/deliveries",
+    "/{endpoint_id:id}/deliveries",
     tags=["webhooks"],
     responses=sc.answers(200, sc.WebhookDeliveryPage, 404, 422),
     openapi_extra=sc.DELIVERY_QUERY,
@@ -240,7 +258,7 @@ def list_endpoint_deliveries(
 
 
 @router.get(
-    "/{endpoint_id}/deliveries/{delivery_id}",
+    "/{endpoint_id:id}/deliveries/{delivery_id}",
     tags=["webhooks"],
     responses=sc.answers(200, sc.WebhookDeliveryEnvelope, 404),
 )
@@ -251,7 +269,7 @@ def get_endpoint_delivery(
 
 
 @router.post(
-    "/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+    "/{endpoint_id:id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
     tags=["webhooks"],
     responses=sc.answers(202, sc.WebhookDeliveryEnvelope, 404, 409, 413, e409=sc.REDELIVER_409),

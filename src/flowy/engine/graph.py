@@ -115,7 +115,7 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
     issues: list[Issue] = []
     seen: dict[str, NodeDef] = {}
     for nd in wf.nodes:
-        if not NODE_ID.match(nd.id):
+        if not NODE_ID.fullmatch(nd.id):
             issues.append(Issue("invalid_node_id", f"invalid node id {nd.id!r}", node=nd.id))
         if nd.id in seen:
             issues.append(Issue("duplicate_node", f"node id {nd.id!r} is used twice", node=nd.id))

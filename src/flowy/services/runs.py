@@ -6,9 +6,7 @@ the sweeper and start-up recovery find it in the table.
 
 from __future__ import annotations
 
-import base64
 import builtins
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +20,7 @@ from flowy.engine.inputs import check_run_inputs
 from flowy.errors import Conflict, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id
 from flowy.services.apps import AppService
+from flowy.services.cursors import decode_cursor, encode_cursor
 from flowy.services.events import emit
 from flowy.services.files import FileService
 from flowy.services.states import TERMINAL, NodeStatus, RunStatus, cancel_queued
@@ -40,22 +39,6 @@ class RunFilter:
     version_id: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
-
-
-def _encode_cursor(run: Run) -> str:
-    raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, run_id = json.loads(raw)
-        return datetime.fromisoformat(at), str(run_id)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValidationFailed(
-            [Issue("invalid_value", "not a cursor this API gave out", field="cursor")]
-        ) from None
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -221,14 +204,14 @@ class RunService:
         if f.created_before is not None:
             q = q.where(Run.created_at < f.created_before)
         if cursor:
-            at, last_id = _decode_cursor(cursor)
+            at, last_id = decode_cursor(cursor)
             q = q.where(or_(Run.created_at < at, and_(Run.created_at == at, Run.id < last_id)))
         q = q.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
         with self.db.read() as s:
             runs = list(s.scalars(q))
         more = len(runs) > limit
         runs = runs[:limit]
-        return runs, (_encode_cursor(runs[-1]) if more and runs else None)
+        return runs, (encode_cursor(runs[-1].created_at, runs[-1].id) if more and runs else None)
 
     def get(self, workspace_id: str, run_id: str) -> Run:
         """A run of the workspace; NotFound for an unknown id or another workspace's run."""

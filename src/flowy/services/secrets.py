@@ -47,7 +47,7 @@ class SecretService:
     def put(self, workspace_id: str, name: str, value: object) -> SecretInfo:
         """Create or replace a secret; ValidationFailed for a bad name or value."""
         issues = []
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             issues.append(
                 Issue(
                     "invalid_value",

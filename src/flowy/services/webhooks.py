@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +56,7 @@ from flowy.db.models import (
 from flowy.db.session import Database
 from flowy.errors import Conflict, FlowyError, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id, new_id
+from flowy.services.cursors import decode_cursor, encode_cursor
 
 #: The events a receiver can ask for.  ``run.started`` comes each time a worker starts
 #: the run (a run requeued after its worker died starts again).
@@ -285,22 +285,6 @@ def _fernet(server_secret: bytes) -> Fernet:
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"flowy webhook secrets"
     ).derive(server_secret)
     return Fernet(base64.urlsafe_b64encode(key))
-
-
-def _encode_cursor(at: datetime, id_: str) -> str:
-    raw = json.dumps([at.isoformat(), id_]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, id_ = json.loads(raw)
-        return datetime.fromisoformat(at), str(id_)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValidationFailed(
-            [Issue("invalid_value", "not a cursor this API gave out", field="cursor")]
-        ) from None
 
 
 _ENDPOINT_FIELDS = frozenset({"url", "events", "description", "enabled"})
@@ -569,7 +553,7 @@ class WebhookService:
             if status is not None:
                 q = q.where(WebhookDelivery.status == status)
             if cursor:
-                at, last = _decode_cursor(cursor)
+                at, last = decode_cursor(cursor)
                 q = q.where(
                     or_(
                         WebhookDelivery.created_at < at,
@@ -582,9 +566,7 @@ class WebhookService:
             rows = rows[:limit]
             infos = self._infos(s, rows)
         last_row = rows[-1] if rows else None
-        next_cursor = (
-            _encode_cursor(last_row.created_at, last_row.id) if more and last_row else None
-        )
+        next_cursor = encode_cursor(last_row.created_at, last_row.id) if more and last_row else None
         return infos, next_cursor
 
     @staticmethod
