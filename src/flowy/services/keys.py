@@ -8,6 +8,7 @@ hash is as safe as a slow one here and keeps authentication to one indexed looku
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,8 @@ from sqlalchemy import select, update
 from flowy.db.models import ApiKey, Workspace, utcnow
 from flowy.db.session import Database
 from flowy.errors import AuthError, NotFound
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowy_sk_"
 #: last_used_at is refreshed at most this often, so reads do not turn into writes.
@@ -99,6 +102,8 @@ class Principal:
 
     workspace_id: str
     key_id: str
+    #: Its last_used_at is older than LAST_USED_GRANULARITY: call :func:`touch_key`.
+    stale: bool = False
 
 
 def authenticate(db: Database, authorization: str | None) -> Principal:
@@ -110,7 +115,8 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise AuthError("malformed Authorization header: expected 'Bearer <key>'")
     digest = hash_key(token)
-    with db.read() as s:
+    # A Core connection, not an ORM session: this runs on every request.
+    with db.read_engine.connect() as s:
         row = s.execute(
             select(ApiKey.id, ApiKey.workspace_id, ApiKey.revoked_at, ApiKey.last_used_at).where(
                 ApiKey.key_hash == digest
@@ -119,7 +125,14 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked API key")
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
+    stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY
+    return Principal(str(row.workspace_id), str(row.id), stale)
+
+
+def touch_key(db: Database, key_id: str) -> None:
+    """Record that a key was used (at most every LAST_USED_GRANULARITY; never raises)."""
+    try:
         with db.write() as s:
-            s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return Principal(str(row.workspace_id), str(row.id))
+            s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+    except Exception:
+        logger.warning("could not record the use of key %s", key_id, exc_info=True)

@@ -10,9 +10,10 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import defer
 
 from flowy.db.models import App, Run, utcnow
 from flowy.db.session import Database
@@ -39,6 +40,24 @@ class RunFilter:
     version_id: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+_VIEW_COLUMNS = (
+    Run.id,
+    Run.workspace_id,
+    Run.app_id,
+    Run.version_id,
+    Run.status,
+    Run.outputs,
+    Run.error,
+    Run.error_node,
+    Run.created_at,
+    Run.started_at,
+    Run.completed_at,
+    Run.attempt,
+    Run.deadline_at,
+    Run.nodes,
+)
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -192,7 +211,7 @@ class RunService:
             )
         if issues:
             raise ValidationFailed(issues)
-        q = select(Run).where(Run.workspace_id == workspace_id)
+        q = select(Run).options(defer(Run.inputs)).where(Run.workspace_id == workspace_id)
         if f.app_id is not None:
             q = q.where(Run.app_id == f.app_id)
         if f.status is not None:
@@ -216,10 +235,23 @@ class RunService:
     def get(self, workspace_id: str, run_id: str) -> Run:
         """A run of the workspace; NotFound for an unknown id or another workspace's run."""
         with self.db.read() as s:
-            run = s.get(Run, run_id) if is_id(run_id) else None
+            # The inputs (data: URIs can be large) are not part of the view: leave them.
+            run = s.get(Run, run_id, options=[defer(Run.inputs)]) if is_id(run_id) else None
         if run is None or run.workspace_id != workspace_id:
             raise NotFound(f"run {run_id} not found")
         return run
+
+    def read_view(self, workspace_id: str, run_id: str) -> dict[str, Any]:
+        """``public(get(...))`` for the poll, the hottest read: one Core query of just the
+        columns the view shows, no ORM session or identity map."""
+        if not is_id(run_id):
+            raise NotFound(f"run {run_id} not found")
+        with self.db.read_engine.connect() as conn:
+            row = conn.execute(select(*_VIEW_COLUMNS).where(Run.id == run_id)).first()
+        if row is None or row.workspace_id != workspace_id:
+            raise NotFound(f"run {run_id} not found")
+        # The row has every attribute public() reads, under the same names.
+        return self.public(cast(Run, row))
 
     def output_views(self, stored: Sequence[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         """Outputs as callers see them: files get a freshly signed ``url``."""
