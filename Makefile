@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test check clean
+.PHONY: serve test check clean bench bench-smoke
 
 ## Install Flowy into .venv and start it in embedded mode on 127.0.0.1:8000.
 serve: $(VENV)/.flowy
@@ -16,6 +16,13 @@ test: $(VENV)/.flowy-test
 ## Format check, lint and type check (scripts/check).
 check: $(VENV)/.flowy-test
 	scripts/check
+
+## Benchmarks (bench/README.md): the full table, or a CI-sized smoke run (< 1 min).
+bench: $(VENV)/.flowy-test
+	$(BIN)/python -m bench
+
+bench-smoke: $(VENV)/.flowy-test
+	$(BIN)/python -m bench --smoke
 
 $(VENV)/.flowy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Config, Row, machine
+from bench.common import Config, Row, machine, source_digest
 from bench.report import render, write_json
 
 #: Row id -> (module, function).  Modules are imported when their row runs, so a quick
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = shlex.join([Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])])
     ids = _parse_only(args.only)
+    host = machine()  # before any thread starts: it forks a two-process calibration
+    digest = source_digest()
     with tempfile.TemporaryDirectory(prefix="flowy-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,15 +76,27 @@ def main(argv: list[str] | None = None) -> int:
                 new = got if isinstance(got, list) else [got]
             except Exception as exc:  # one broken row must not hide the others
                 traceback.print_exc()
-                new = [Row(rid, module, "-", "-", command=command, error=f"{type(exc).__name__}: {exc}")]
+                new = [
+                    Row(
+                        rid, module, "-", "-", command=command, error=f"{type(exc).__name__}: {exc}"
+                    )
+                ]
             for r in new:
                 r.seconds = time.monotonic() - t0
-                print(f"[bench]   {r.id}: {r.measured} vs {r.floor} -> {r.ratio_text}", file=sys.stderr)
+                print(
+                    f"[bench]   {r.id}: {r.measured} vs {r.floor} -> {r.ratio_text}",
+                    file=sys.stderr,
+                )
             rows.extend(new)
+        runs_mod = sys.modules.get("bench.runs")
+        if runs_mod is not None:
+            runs_mod.close_shared()
         meta = {
             "smoke": args.smoke,
             "command": command,
-            "machine": machine(),
+            "machine": host,
+            "flowy_source_sha256_start": digest,
+            "flowy_source_sha256_end": source_digest(),
             "total_seconds": round(time.monotonic() - started, 1),
         }
         path = write_json(rows, meta)

@@ -6,6 +6,7 @@ it measures.  Only for 127.0.0.1 benchmark traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -103,9 +104,13 @@ class Connection:
         """POST ``data`` as multipart/form-data field ``file``."""
         boundary = secrets.token_hex(12)
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         ctype = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         res = await self.request("POST", path, body, ctype)
         if res.status >= 300:
@@ -115,10 +120,8 @@ class Connection:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
             self._writer = None
 
 

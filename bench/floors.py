@@ -70,7 +70,13 @@ class RunEnvelope(BaseModel):
 
 
 _T = "2025-01-01T00:00:00.000000Z"
-_NODE = {"status": "completed", "startedAt": _T, "completedAt": _T, "durationMs": 1.0, "progress": 1.0}
+_NODE = {
+    "status": "completed",
+    "startedAt": _T,
+    "completedAt": _T,
+    "durationMs": 1.0,
+    "progress": 1.0,
+}
 TEMPLATE: dict[str, Any] = {
     "appId": "0" * 24,
     "versionId": "1" * 24,

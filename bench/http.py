@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from bench import workflows
 from bench.client import Connection, call
@@ -42,25 +43,38 @@ def _alternate(
     *,
     after_flowy: Callable[[], tuple[float, int]] | None = None,
 ) -> tuple[list[Load], list[Load], list[tuple[float, int]]]:
+    """Floor, Flowy, floor, Flowy, ...; ``after_flowy`` (draining the runs a round queued)
+    runs after every Flowy load that another measurement follows, and after the last one
+    in a full run (its figure is reported).  Smoke runs skip the warm-up."""
     rounds = cfg.n(3, 1)
-    duration = cfg.secs(5, 1.5)
-    warm = cfg.secs(1.5, 0.5)
-    for t in (floor, flowy):
-        run_load(t, connections=CONNECTIONS, duration=warm, workdir=cfg.workdir)
-    drains = [after_flowy()] if after_flowy else []
+    duration = cfg.secs(4, 1)
+    drains: list[tuple[float, int]] = []
+    if not cfg.smoke:
+        for t in (floor, flowy):
+            run_load(t, connections=CONNECTIONS, duration=1.5, workdir=cfg.workdir)
+        if after_flowy:
+            drains.append(after_flowy())
     flo: list[Load] = []
     fl: list[Load] = []
-    for _ in range(rounds):
+    for i in range(rounds):
         flo.append(run_load(floor, connections=CONNECTIONS, duration=duration, workdir=cfg.workdir))
         fl.append(run_load(flowy, connections=CONNECTIONS, duration=duration, workdir=cfg.workdir))
-        if after_flowy:
+        if after_flowy and (i < rounds - 1 or not cfg.smoke):
             drains.append(after_flowy())
     return fl, flo, drains
 
 
+def _ok_rps(x: Load) -> float:
+    """Requests per second that got a 2xx/3xx answer (a refusal is not throughput)."""
+    return x.rps * (x.requests - x.non2xx) / x.requests if x.requests else 0.0
+
+
 def _fill(row: Row, fl: list[Load], flo: list[Load], target: float) -> None:
-    a = median(x.rps for x in fl)
-    b = median(x.rps for x in flo)
+    a = median(_ok_rps(x) for x in fl)
+    b = median(_ok_rps(x) for x in flo)
+    bad = sum(x.non2xx + x.errors for x in (*fl, *flo))
+    if bad:
+        row.error = f"{bad} non-2xx answers or socket errors; see details"
     row.measured = fmt_rate(a)
     row.floor = fmt_rate(b)
     row.ratio = a / b
@@ -89,14 +103,24 @@ def row_get_run(cfg: Config) -> Row:
         "≥0.5×",
         command=cfg.command,
     )
-    with FlowyServer(cfg.workdir, cpu=SERVER_CPU) as srv, FloorServer(cfg.workdir, cpu=SERVER_CPU) as floor:
+    with (
+        FlowyServer(cfg.workdir, cpu=SERVER_CPU) as srv,
+        FloorServer(cfg.workdir, cpu=SERVER_CPU) as floor,
+    ):
         srv.start()
         floor.start()
-        app = call(srv.port, "POST", "/v1/apps", {"title": "Resize", "workflow": workflows.resize(32, 32), "published": True}, srv.key)
+        app = call(
+            srv.port,
+            "POST",
+            "/v1/apps",
+            {"title": "Resize", "workflow": workflows.resize(32, 32), "published": True},
+            srv.key,
+        )
         app_id = app["data"]["id"]
         image = data_uri(png(astronaut(64)))
         run = _run_and_wait(srv, app_id, {"node_1": image})
-        assert run["outputs"] and "url" in run["outputs"][0], run
+        if not run["outputs"] or "url" not in run["outputs"][0]:
+            raise RuntimeError(f"setup run has no file output to sign: {run}")
         auth = tuple(srv.auth.items())
         flowy = Target(srv.port, f"/v1/runs/{run['runId']}", headers=auth)
         flo = Target(floor.port, f"/v1/runs/{run['runId']}", headers=auth)
@@ -107,14 +131,14 @@ def row_get_run(cfg: Config) -> Row:
     return row
 
 
-def _run_and_wait(srv: FlowyServer, app_id: str, inputs: dict[str, object]) -> dict[str, object]:
-    async def go() -> dict[str, object]:
+def _run_and_wait(srv: FlowyServer, app_id: str, inputs: dict[str, object]) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
         conn = Connection(srv.port, srv.auth)
         try:
             res = await conn.json(
                 "POST", f"/v1/apps/{app_id}/runs", {"inputs": inputs}, {"Prefer": "wait=60"}
             )
-            data: dict[str, object] = res["data"]
+            data: dict[str, Any] = res["data"]
             return data
         finally:
             await conn.close()
@@ -133,10 +157,19 @@ def row_create_run(cfg: Config) -> Row:
         "≥1.5×",
         command=cfg.command,
     )
-    with FlowyServer(cfg.workdir, cpu=SERVER_CPU) as srv, FloorServer(cfg.workdir, cpu=SERVER_CPU) as floor:
+    with (
+        FlowyServer(cfg.workdir, cpu=SERVER_CPU) as srv,
+        FloorServer(cfg.workdir, cpu=SERVER_CPU) as floor,
+    ):
         srv.start()
         floor.start()
-        app = call(srv.port, "POST", "/v1/apps", {"title": "Echo", "workflow": workflows.echo(), "published": True}, srv.key)
+        app = call(
+            srv.port,
+            "POST",
+            "/v1/apps",
+            {"title": "Echo", "workflow": workflows.echo(), "published": True},
+            srv.key,
+        )
         app_id = app["data"]["id"]
         body = json.dumps({"inputs": {"node_1": "hello"}}).encode()
         headers = (*srv.auth.items(), ("Content-Type", "application/json"))
@@ -155,7 +188,7 @@ def row_create_run(cfg: Config) -> Row:
             "runs queued during a round execute in the same process (2 workers) and compete "
             "with the API for the core; they are drained before the next round"
         )
-        sec, backlog = drains[-1]
+        sec, backlog = drains[-1] if drains else (0.0, 0)
         if sec > 0:
             row.details["backlog_drain_runs_per_second"] = round(backlog / sec, 1)
         row.details["server"] = srv.command

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.client import Connection
-from bench.common import LOADER_CPU, percentile, pin, wrk_version
+from bench.common import LOADER_CPU, percentile, pin, redact, wrk_version
 from bench.server import ROOT
 
 
@@ -50,8 +51,9 @@ class Target:
 
 
 def run_load(target: Target, *, connections: int, duration: float, workdir: Path) -> Load:
-    """Drive ``target`` for ``duration`` seconds with ``connections`` keep-alive connections."""
-    if shutil.which("wrk"):
+    """Drive ``target`` for ``duration`` seconds with ``connections`` keep-alive connections
+    (``FLOWY_BENCH_LOADER=python`` forces the Python loader even when wrk is installed)."""
+    if os.environ.get("FLOWY_BENCH_LOADER") != "python" and shutil.which("wrk"):
         return _wrk(target, connections, duration, workdir)
     return _python(target, connections, duration, workdir)
 
@@ -100,7 +102,7 @@ def _wrk(target: Target, connections: int, duration: float, workdir: Path) -> Lo
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     return Load(
         rps=rps,
         requests=total,
@@ -109,7 +111,7 @@ def _wrk(target: Target, connections: int, duration: float, workdir: Path) -> Lo
         p50_ms=_ms(dist.get("50", "")),
         p99_ms=_ms(dist.get("99", "")),
         tool=wrk_version() or "wrk",
-        command=" ".join(argv),
+        command=redact(" ".join(argv)),
     )
 
 
@@ -144,7 +146,7 @@ def _python(target: Target, connections: int, duration: float, workdir: Path) ->
         raise RuntimeError(f"python loader failed: {res.stderr[-2000:]}")
     data = json.loads(res.stdout.strip().splitlines()[-1])
     shown = [a if " " not in a else repr(a) for a in argv]
-    return Load(**{**data, "tool": "python asyncio loader", "command": " ".join(shown)})
+    return Load(**{**data, "tool": "python asyncio loader", "command": redact(" ".join(shown))})
 
 
 async def _drive(target: Target, connections: int, duration: float) -> dict[str, float]:
@@ -159,7 +161,7 @@ async def _drive(target: Target, connections: int, duration: float) -> dict[str,
             while (t0 := time.perf_counter()) < deadline:
                 try:
                     res = await conn.request(target.method, target.path, target.body, timeout=10)
-                except (OSError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, OSError, ValueError):
                     counts["errors"] += 1
                     await conn.close()
                     continue
@@ -192,9 +194,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--duration", type=float, default=5.0)
     args = ap.parse_args()
-    headers = tuple(
-        (k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header)
-    )
+    headers = tuple((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header))
     body = Path(args.body_file).read_bytes() if args.body_file else b""
     target = Target(args.port, args.path, args.method, headers, body)
     try:

@@ -45,6 +45,15 @@ def render(rows: Sequence[Row], meta: dict[str, Any]) -> str:
     head = [
         f"Flowy bench ({'smoke' if meta.get('smoke') else 'full'}), {m['date']}",
         f"machine: {m['uname']}; nproc {m['nproc']}; {m['cpu']}; python {m['python']}",
+        f"two processes on this machine run {m['parallel_speedup_2_procs']}x as fast as one "
+        "(2.0 = two free cores)",
+        f"flowy source sha256 {meta['flowy_source_sha256_start']}"
+        + (
+            ""
+            if meta["flowy_source_sha256_start"] == meta["flowy_source_sha256_end"]
+            else f" -> {meta['flowy_source_sha256_end']} (WARNING: src/flowy changed during "
+            "the run; rows may mix versions)"
+        ),
         "",
     ]
     lines = [

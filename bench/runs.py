@@ -3,23 +3,12 @@ timed from the moment ``RunService.create`` is called, beside the bare work they
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flowy.db.models import Run
-from flowy.media.decode import decode_image, encode_image
-from flowy.media.fetch import read_data_uri
-from flowy.nodes import style as style_mod
-from flowy.nodes import vision
-from flowy.services.keys import create_workspace
-from flowy.services.platform import Platform
-from flowy.services.states import TERMINAL
-from flowy.settings import Settings
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -38,6 +27,15 @@ from bench.common import (
     variant,
     versions,
 )
+from flowy.db.models import Run
+from flowy.media.decode import decode_image, encode_image
+from flowy.media.fetch import read_data_uri
+from flowy.nodes import style as style_mod
+from flowy.nodes import vision
+from flowy.services.keys import create_workspace
+from flowy.services.platform import Platform
+from flowy.services.states import TERMINAL
+from flowy.settings import Settings
 
 STYLE = "studio lighting, neutral background"
 MAX_PIXELS = 64_000_000
@@ -47,7 +45,7 @@ class Bench:
     """A started Platform in a scratch data directory, with one workspace."""
 
     def __init__(self, workdir: Path, name: str, concurrency: int = 2) -> None:
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(
             _env_file=None,
             data_dir=workdir / f"{name}-{time.monotonic_ns()}",
             worker={"concurrency": concurrency},
@@ -97,13 +95,20 @@ class Bench:
         self.p.stop()
 
 
-@contextlib.contextmanager
-def bench_platform(cfg: Config, name: str, concurrency: int = 2) -> Iterator[Bench]:
-    b = Bench(cfg.workdir, name, concurrency)
-    try:
-        yield b
-    finally:
-        b.close()
+_SHARED: dict[Path, Bench] = {}
+
+
+def shared(cfg: Config) -> Bench:
+    """One Platform for all in-process rows of a bench invocation (models, threads and
+    connection pools warmed once); :func:`close_shared` stops it."""
+    if cfg.workdir not in _SHARED:
+        _SHARED[cfg.workdir] = Bench(cfg.workdir, "platform")
+    return _SHARED[cfg.workdir]
+
+
+def close_shared() -> None:
+    while _SHARED:
+        _SHARED.popitem()[1].close()
 
 
 # --------------------------------------------------------------------------- row 3
@@ -138,19 +143,19 @@ def row_first_node(cfg: Config) -> Row:
         command=cfg.command,
     )
     n = cfg.n(300, 40)
-    with bench_platform(cfg, "first-node") as b:
-        app = b.app("Probe", workflows.probe_app())
-        for _ in range(5):  # warm-up: connection pools, workflow cache, threads
-            b.run(app, {})
-        starts: list[float] = []
-        creates: list[float] = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            run = b.submit(app, {})
-            t1 = time.perf_counter()
-            b.wait(run.id)
-            starts.append(workflows.PROBE_STARTS.pop(run.id) - t0)
-            creates.append(t1 - t0)
+    b = shared(cfg)
+    app = b.app("Probe", workflows.probe_app())
+    for _ in range(5):  # warm-up: connection pools, workflow cache, threads
+        b.run(app, {})
+    starts: list[float] = []
+    creates: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run = b.submit(app, {})
+        t1 = time.perf_counter()
+        b.wait(run.id)
+        starts.append(workflows.PROBE_STARTS.pop(run.id) - t0)
+        creates.append(t1 - t0)
     floor = _handoff_floor(n)
     s, f = summary_ms(starts), summary_ms(floor)
     row.measured = f"p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms"
@@ -210,8 +215,7 @@ def headshot_floor(data: bytes, style_text: str) -> dict[str, float]:
 
 def _node_ms(run: Run) -> dict[str, float]:
     return {
-        f"{nid} {st.get('type')}": float(st.get("durationMs", 0.0))
-        for nid, st in run.nodes.items()
+        f"{nid} {st.get('type')}": float(st.get("durationMs", 0.0)) for nid, st in run.nodes.items()
     }
 
 
@@ -225,21 +229,21 @@ def row_headshot(cfg: Config) -> Row:
     )
     pairs = cfg.n(8, 1)
     base = astronaut(1024)
-    with bench_platform(cfg, "headshot") as b:
-        app = b.app("Headshot", workflows.headshot()["workflow"])
-        flowy: list[float] = []
-        floor: list[dict[str, float]] = []
-        nodes: list[dict[str, float]] = []
-        for i in range(pairs + 1):  # the first pair warms models on each thread
-            data = png(variant(base, 1000 + i))
-            url = b.upload(data)
-            elapsed, run = b.run(app, {"node_1": url, "node_2": STYLE})
-            steps = headshot_floor(data, STYLE)
-            if i == 0:
-                continue
-            flowy.append(elapsed)
-            floor.append(steps)
-            nodes.append(_node_ms(run))
+    b = shared(cfg)
+    app = b.app("Headshot", workflows.headshot()["workflow"])
+    flowy: list[float] = []
+    floor: list[dict[str, float]] = []
+    nodes: list[dict[str, float]] = []
+    for i in range(pairs + 1):  # the first pair warms models on each thread
+        data = png(variant(base, 1000 + i))
+        url = b.upload(data)
+        elapsed, run = b.run(app, {"node_1": url, "node_2": STYLE})
+        steps = headshot_floor(data, STYLE)
+        if i == 0:
+            continue
+        flowy.append(elapsed)
+        floor.append(steps)
+        nodes.append(_node_ms(run))
     floor_tot = [sum(s.values()) for s in floor]
     a, f = median(flowy), median(floor_tot)
     row.measured = f"{a * 1000:.0f} ms"
@@ -278,7 +282,7 @@ def small_image_floor(uris: list[str], size: int) -> float:
 
 
 def row_small_runs(cfg: Config) -> Row:
-    n = cfg.n(1000, 50)
+    n = cfg.n(1000, 30)
     row = Row(
         6,
         f"{n} small image runs, 2 workers (embedded)",
@@ -290,19 +294,19 @@ def row_small_runs(cfg: Config) -> Row:
     base = astronaut(src)
     uris = [data_uri(png(variant(base, i))) for i in range(n)]
     floor_a = small_image_floor(uris, dst)
-    with bench_platform(cfg, "small-runs", concurrency=2) as b:
-        app = b.app("Small resize", workflows.resize(dst, dst))
-        b.run(app, {"node_1": data_uri(png(variant(base, n + 1)))})  # warm-up
-        t0 = time.perf_counter()
-        for uri in uris:
-            b.submit(app, {"node_1": uri})
-        t_submitted = time.perf_counter()
-        deadline = time.monotonic() + cfg.secs(300, 60)
-        while b.ended(app) < n + 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{b.ended(app) - 1}/{n} small runs ended in time")
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - t0
+    b = shared(cfg)
+    app = b.app("Small resize", workflows.resize(dst, dst))
+    b.run(app, {"node_1": data_uri(png(variant(base, n + 1)))})  # warm-up
+    t0 = time.perf_counter()
+    for uri in uris:
+        b.submit(app, {"node_1": uri})
+    t_submitted = time.perf_counter()
+    deadline = time.monotonic() + cfg.secs(300, 60)
+    while b.ended(app) < n + 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{b.ended(app) - 1}/{n} small runs ended in time")
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
     floor_b = small_image_floor(uris, dst)
     fl = n / elapsed
     fo = n / median([floor_a, floor_b])
@@ -337,24 +341,27 @@ def row_cache_hit(cfg: Config) -> Row:
     )
     pairs = cfg.n(6, 1)
     base = astronaut(1024)
-    with bench_platform(cfg, "cache") as b:
-        app = b.app("Headshot", workflows.headshot()["workflow"])
-        cold: list[float] = []
-        hit: list[float] = []
-        hit_nodes: list[dict[str, Any]] = []
-        for i in range(pairs + 1):
-            url = b.upload(png(variant(base, 2000 + i)))
-            inputs = {"node_1": url, "node_2": STYLE}
-            c, _ = b.run(app, inputs)
-            h, run = b.run(app, inputs)
-            if i == 0:
-                continue  # warm-up pair
-            cold.append(c)
-            hit.append(h)
-            hit_nodes.append(
-                {nid: {"cached": st.get("cached", False), "ms": st.get("durationMs")} for nid, st in run.nodes.items()}
-            )
-        decode_ms = _decode_cost(png(variant(base, 2999)))
+    b = shared(cfg)
+    app = b.app("Headshot", workflows.headshot()["workflow"])
+    cold: list[float] = []
+    hit: list[float] = []
+    hit_nodes: list[dict[str, Any]] = []
+    for i in range(pairs + 1):
+        url = b.upload(png(variant(base, 2000 + i)))
+        inputs: dict[str, object] = {"node_1": url, "node_2": STYLE}
+        c, _ = b.run(app, inputs)
+        h, run = b.run(app, inputs)
+        if i == 0:
+            continue  # warm-up pair
+        cold.append(c)
+        hit.append(h)
+        hit_nodes.append(
+            {
+                nid: {"cached": st.get("cached", False), "ms": st.get("durationMs")}
+                for nid, st in run.nodes.items()
+            }
+        )
+    decode_ms = _decode_cost(png(variant(base, 2999)))
     a, f = median(hit), median(cold)
     row.measured = f"{a * 1000:.1f} ms (hit)"
     row.floor = f"{f * 1000:.0f} ms (cold)"
@@ -388,5 +395,3 @@ def _decode_cost(data: bytes) -> dict[str, float]:
         "sha256_of_pixels": round((t2 - t1) * 1000, 2),
         "sha256_of_file_bytes_instead": round((t3 - t2) * 1000, 2),
     }
-
-

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from bench.common import free_port, pin
 
@@ -47,7 +48,7 @@ class Process:
     def command(self) -> str:
         return " ".join(self.argv)
 
-    def start(self, health: str, timeout: float = 90.0) -> None:
+    def start(self, health: str = "/health", timeout: float = 90.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -91,7 +92,7 @@ class Process:
                 self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> Process:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -116,7 +117,13 @@ class FlowyServer(Process):
             "--port",
             "{port}",
         ]
-        super().__init__("flowy", argv, workdir, {"FLOWY_DATA_DIR": str(self.data_dir), **(env or {})})
+        base_env = {
+            "FLOWY_DATA_DIR": str(self.data_dir),
+            # The per-key request limit is a policy, not a capacity: off, so the rows
+            # measure what the server can do (every other setting is the default).
+            "FLOWY_LIMITS__REQUESTS_PER_MINUTE": "0",
+        }
+        super().__init__("flowy", argv, workdir, {**base_env, **(env or {})})
         self.key = ""
 
     def start(self, health: str = "/v1/health", timeout: float = 90.0) -> None:
@@ -130,13 +137,14 @@ class FlowyServer(Process):
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def terminal_runs(self, app_id: str) -> tuple[int, int]:
-        """(ended, failed) runs of an app, read straight from the SQLite file (read-only,
-        WAL: never blocks the server's writers)."""
+    def terminal_runs(self, app_id: str | None = None) -> tuple[int, int]:
+        """(ended, failed) runs of an app (or of all apps), read straight from the SQLite
+        file (read-only; in WAL mode it never blocks the server's writers)."""
         uri = f"file:{self.data_dir / 'flowy.db'}?mode=ro"
+        where, args = ("WHERE app_id = ?", (app_id,)) if app_id else ("", ())
         with sqlite3.connect(uri, uri=True, timeout=30) as conn:
             rows = conn.execute(
-                "SELECT status, count(*) FROM runs WHERE app_id = ? GROUP BY status", (app_id,)
+                f"SELECT status, count(*) FROM runs {where} GROUP BY status", args
             ).fetchall()
         counts = dict(rows)
         return sum(counts.get(s, 0) for s in TERMINAL), counts.get("failed", 0)
@@ -150,7 +158,8 @@ class FlowyServer(Process):
         while time.monotonic() - t0 < timeout:
             with sqlite3.connect(uri, uri=True, timeout=30) as conn:
                 (pending,) = conn.execute(
-                    "SELECT count(*) FROM runs WHERE app_id = ? AND status IN ('queued', 'running')",
+                    "SELECT count(*) FROM runs "
+                    "WHERE app_id = ? AND status IN ('queued', 'running')",
                     (app_id,),
                 ).fetchone()
             first = pending if first < 0 else first
@@ -159,7 +168,7 @@ class FlowyServer(Process):
             time.sleep(0.05)
         raise TimeoutError(f"runs of {app_id} still pending after {timeout} s")
 
-    def wait_runs(self, app_id: str, n: int, timeout: float, poll: float = 0.01) -> float:
+    def wait_runs(self, app_id: str | None, n: int, timeout: float, poll: float = 0.01) -> float:
         """Block until ``n`` runs of the app ended; answer the monotonic time it was seen."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

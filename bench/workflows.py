@@ -8,9 +8,10 @@ import time
 from importlib import resources
 from typing import Any
 
+from pydantic import BaseModel
+
 from flowy.engine.registry import NodeRegistry, default_registry
 from flowy.engine.spec import NodeContext, NodeType, Port, node
-from pydantic import BaseModel
 
 Doc = dict[str, Any]
 
@@ -151,8 +152,12 @@ def chain(n: int) -> Doc:
     """source -> noop x (n-2) -> sink: every node waits for the one before it."""
     nodes: list[Doc] = [{"id": "n0", "type": "bench.source"}]
     for i in range(1, n - 1):
-        nodes.append({"id": f"n{i}", "type": "bench.noop", "inputs": {"value": _wire(f"n{i-1}", "value")}})
-    nodes.append({"id": f"n{n-1}", "type": "bench.sink", "inputs": {"value": _wire(f"n{n-2}", "value")}})
+        nodes.append(
+            {"id": f"n{i}", "type": "bench.noop", "inputs": {"value": _wire(f"n{i - 1}", "value")}}
+        )
+    nodes.append(
+        {"id": f"n{n - 1}", "type": "bench.sink", "inputs": {"value": _wire(f"n{n - 2}", "value")}}
+    )
     return {"nodes": nodes}
 
 
@@ -160,6 +165,10 @@ def fanout(n: int) -> Doc:
     """source -> (n-2) independent noops, plus a sink: all ready at once."""
     nodes: list[Doc] = [{"id": "n0", "type": "bench.source"}]
     for i in range(1, n - 1):
-        nodes.append({"id": f"n{i}", "type": "bench.noop", "inputs": {"value": _wire("n0", "value")}})
-    nodes.append({"id": f"n{n-1}", "type": "bench.sink", "inputs": {"value": _wire("n0", "value")}})
+        nodes.append(
+            {"id": f"n{i}", "type": "bench.noop", "inputs": {"value": _wire("n0", "value")}}
+        )
+    nodes.append(
+        {"id": f"n{n - 1}", "type": "bench.sink", "inputs": {"value": _wire("n0", "value")}}
+    )
     return {"nodes": nodes}
