@@ -19,6 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 BUSY_TIMEOUT_MS = 30_000
 #: Session.info key under which a transaction collects the runs whose events it wrote.
 RUNS_CHANGED = "flowy_runs_changed"
+#: Session.info key of the named things a transaction wrote (see :func:`mark`).
+COMMIT_FLAGS = "flowy_commit_flags"
+
+
+def mark(session: Session, flag: str) -> None:
+    """Note that this transaction wrote something ``flag`` names; once it commits, the
+    database calls the hooks registered under ``flag`` (``Database.flag_hooks``)."""
+    session.info.setdefault(COMMIT_FLAGS, set()).add(flag)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -61,6 +69,8 @@ class Database:
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         #: Called after each commit with the ids of the runs it changed (events).
         self.commit_hooks: list[Callable[[set[str]], None]] = []
+        #: Called after a commit that :func:`mark` ed their flag.
+        self.flag_hooks: dict[str, list[Callable[[], None]]] = {}
         event.listen(self._write, "after_commit", self._after_commit)
         event.listen(self._write, "after_rollback", self._after_rollback)
 
@@ -69,10 +79,14 @@ class Database:
         if changed:
             for hook in self.commit_hooks:
                 hook(changed)
+        for flag in session.info.pop(COMMIT_FLAGS, ()):
+            for flag_hook in self.flag_hooks.get(flag, ()):
+                flag_hook()
 
     @staticmethod
     def _after_rollback(session: Session) -> None:
         session.info.pop(RUNS_CHANGED, None)
+        session.info.pop(COMMIT_FLAGS, None)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -53,7 +53,7 @@ from flowy.db.models import (
     WebhookRunSecret,
     utcnow,
 )
-from flowy.db.session import Database
+from flowy.db.session import Database, mark
 from flowy.errors import Conflict, FlowyError, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id, new_id
 from flowy.services.cursors import decode_cursor, encode_cursor
@@ -211,6 +211,10 @@ def run_from_snapshot(snap: Mapping[str, Any]) -> Run:
     return Run(**{k: v for k, v in values.items() if k in Run.__table__.columns})
 
 
+#: The commit flag of a transaction that queued webhook deliveries.
+DELIVERIES_QUEUED = "webhook_deliveries"
+
+
 def new_message_id() -> str:
     return "msg_" + new_id()
 
@@ -267,6 +271,7 @@ def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
             )
         )
     s.flush()
+    mark(s, DELIVERIES_QUEUED)  # wakes the dispatcher once this commits
     return len(targets)
 
 

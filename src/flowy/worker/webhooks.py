@@ -31,6 +31,7 @@ from flowy.ids import new_id
 from flowy.media.fetch import FetchPolicy, request
 from flowy.services.runs import RunService
 from flowy.services.webhooks import (
+    DELIVERIES_QUEUED,
     DeliveryStatus,
     WebhookService,
     disable_endpoint,
@@ -105,8 +106,9 @@ class WebhookDispatcher:
         self._inflight = 0
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
-        # Deliveries are written by run transitions; their commit wakes us.
-        db.commit_hooks.append(lambda _runs: self._wake.set())
+        # Deliveries are written by run transitions; the commit of one that queued any
+        # wakes us (not every commit: most runs have no webhook).
+        db.flag_hooks.setdefault(DELIVERIES_QUEUED, []).append(self._wake.set)
         webhooks.wake = self._wake.set
 
     # -- life cycle
