@@ -255,6 +255,7 @@ def test_non_image_media_fails_the_run(
 ) -> None:
     error = _failed(flowy, headshot_app, media_server.url("notes.txt"))
     assert error.startswith("node_1 (Your photo): ") and "not a decodable image" in error
+    assert "not in a supported image format" in error and "BytesIO" not in error
 
 
 def test_missing_media_fails_the_run(

@@ -115,7 +115,7 @@ def test_a_failed_run_exits_1_with_the_error_on_stderr(
 ) -> None:
     res = server.cli("run", headshot, "-i", f"node_1=@{media_dir / 'landscape.png'}")
     assert res.returncode == 1, res.stdout + res.stderr
-    assert re.search(r"run [0-9a-f]{24} failed at node_3 \(Crop to face\): .*no face", res.stderr)
+    assert re.search(r"run [0-9a-f]{24} failed: node_3 \(Crop to face\): .*no face", res.stderr)
     assert res.stdout == ""
 
 

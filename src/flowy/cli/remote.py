@@ -396,11 +396,8 @@ def _end_of_run(run: Run, as_json: bool, extra: dict[str, Any] | None = None) ->
     if run.status == "canceled":
         _exit(f"run {run.id} was canceled: {run.error or 'canceled'}", EXIT_CANCELED)
     if run.status == "failed":
-        where = ""
-        if run.error_node:
-            label = next((n.label for n in run.nodes or () if n.node_id == run.error_node), None)
-            where = f" at {run.error_node}" + (f" ({label})" if label else "")
-        _exit(f"error: run {run.id} failed{where}: {run.error}", EXIT_FAILED)
+        # The error already names the node ("node_3 (Crop to face): ..."): say it once.
+        _exit(f"error: run {run.id} failed: {run.error}", EXIT_FAILED)
     raise typer.Exit(EXIT_COMPLETED)
 
 
@@ -486,7 +483,7 @@ def runs_list(
         _print_json([r.raw for r in runs])
         return
     for r in runs:
-        error = f"  {r.error_node + ': ' if r.error_node else ''}{r.error}" if r.error else ""
+        error = f"  {r.error}" if r.error else ""
         typer.echo(f"{r.id}  {r.status:<9}  app {r.app_id}  {_ts(r.created_at)}{error}")
 
 
@@ -507,7 +504,7 @@ def runs_show(
         f"ended {_ts(run.completed_at)}"
     )
     if run.error:
-        typer.echo(f"  error     {run.error_node + ': ' if run.error_node else ''}{run.error}")
+        typer.echo(f"  error     {run.error}")
     for n in run.nodes or ():
         took = f"{n.duration_ms:.0f} ms" if n.duration_ms is not None else ""
         err = f"  {n.error}" if n.error else ""

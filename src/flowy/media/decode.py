@@ -14,7 +14,7 @@ import warnings
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flowy.errors import MediaError
 
@@ -114,6 +114,11 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 
 def _describe(exc: BaseException) -> str:
     """A short human-readable cause for an exception, never empty."""
+    if isinstance(exc, UnidentifiedImageError):
+        # Pillow's text names an internal BytesIO object: say what the caller can act on.
+        return (
+            "the content is not in a supported image format (" + ", ".join(DECODABLE_FORMATS) + ")"
+        )
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
