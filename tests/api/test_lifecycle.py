@@ -233,6 +233,8 @@ def test_event_stream_is_complete_ordered_and_resumable(server: FlowyProcess) ->
         finished
     ) == ["node_1", "node_2", "node_3"]
     assert any(e["type"] == "node.progress" for e in events)  # the delay reports progress
+    logs = [e["data"] for e in events if e["type"] == "node.log"]
+    assert logs == [{"nodeId": "node_2", "message": "waiting 0.6 s"}]
     outputs = next(e for e in events if e["type"] == "run.outputs")["data"]["outputs"]
     assert outputs == [{"nodeId": "node_3", "kind": "text", "value": "streamed"}]
     # Resume after event 3: exactly the rest, nothing lost, nothing repeated.

@@ -103,6 +103,9 @@ class Recorder:
         self.events: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
+    def node_log(self, node_id: str, message: str) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 

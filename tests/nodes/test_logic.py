@@ -151,6 +151,9 @@ class Recorder:
         self.events: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
 
+    def node_log(self, node_id: str, message: str) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 

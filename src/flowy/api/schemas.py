@@ -442,7 +442,7 @@ class RunEvent(_Shape):
     type: str = Field(
         description="run.queued, run.started, run.requeued, run.cancel_requested, "
         "run.outputs, run.completed, run.failed, run.canceled, node.started, "
-        "node.progress, node.finished, node.failed, node.skipped"
+        "node.progress, node.finished, node.failed, node.skipped, node.log ({nodeId, message})"
     )
     run_id: Id
     created_at: Time

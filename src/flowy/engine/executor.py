@@ -26,6 +26,9 @@ from flowy.media.fetch import FetchPolicy
 
 logger = logging.getLogger(__name__)
 
+#: Longest log line a node may send; the rest is cut.
+MAX_LOG_LINE = 2000
+
 #: How often the scheduler looks at deadlines and the cancel token while nodes run.
 WATCH_INTERVAL = 0.1
 
@@ -42,6 +45,8 @@ class EventSink(Protocol):
     ) -> None: ...
 
     def node_skipped(self, node_id: str) -> None: ...
+
+    def node_log(self, node_id: str, message: str) -> None: ...
 
     def tick(self) -> None:
         """Called by the scheduler at least every WATCH_INTERVAL while the run goes on
@@ -64,6 +69,9 @@ class NullSink:
         pass
 
     def node_skipped(self, node_id: str) -> None:
+        pass
+
+    def node_log(self, node_id: str, message: str) -> None:
         pass
 
     def tick(self) -> None:
@@ -125,6 +133,9 @@ class _Context:
 
     def progress(self, fraction: float) -> None:
         self.sink.node_progress(self.node_id, min(1.0, max(0.0, fraction)))
+
+    def log(self, message: str) -> None:
+        self.sink.node_log(self.node_id, str(message)[:MAX_LOG_LINE])
 
 
 @dataclass

@@ -129,6 +129,10 @@ class NodeContext(Protocol):
         """Report progress in [0, 1] of this node."""
         ...
 
+    def log(self, message: str) -> None:
+        """A line for the run's event stream (``node.log``); never put secrets in it."""
+        ...
+
 
 NodeFunction = Callable[..., Mapping[str, object]]
 

@@ -54,6 +54,7 @@ class DelayParams(BaseModel):
 )
 def delay(ctx: NodeContext, params: DelayParams, value: object) -> dict[str, object]:
     """Pass a value through after waiting (pacing calls to rate-limited services)."""
+    ctx.log(f"waiting {params.seconds:g} s")
     end = time.monotonic() + params.seconds
     while (left := end - time.monotonic()) > 0:
         ctx.check_canceled()

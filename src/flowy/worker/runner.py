@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Progress is written at most this often per node, so a chatty node cannot flood the DB.
 PROGRESS_INTERVAL = 0.5
+#: Log lines kept per run.
+MAX_LOGS = 1000
 #: Node changes closer together than this are written in one transaction.
 FLUSH_INTERVAL = 0.05
 
@@ -67,6 +69,7 @@ class RunSink:
         self._t0: dict[str, float] = {}
         self._last_progress: dict[str, float] = {}
         self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._logs = 0
         self._last_flush = time.monotonic()  # the claim was just written
         self.states: dict[str, dict[str, Any]] = {
             nid: {
@@ -77,11 +80,18 @@ class RunSink:
             for nid in workflow.order
         }
 
-    def _record(self, node_id: str, event: str) -> None:
+    def _record(self, node_id: str, event: str, data: dict[str, Any] | None = None) -> None:
         """Queue the node's event (lock held); write now if the last write is old."""
-        self._pending.append((event, {"nodeId": node_id, **self.states[node_id]}))
+        self._pending.append((event, data or {"nodeId": node_id, **self.states[node_id]}))
         if time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
             self._flush()
+
+    def node_log(self, node_id: str, message: str) -> None:
+        with self._lock:
+            if self._logs >= MAX_LOGS:
+                return  # a node that logs in a loop must not fill the event table
+            self._logs += 1
+            self._record(node_id, "node.log", {"nodeId": node_id, "message": message})
 
     def _flush(self) -> None:
         """Write the node states and the queued events, fenced, in one transaction."""

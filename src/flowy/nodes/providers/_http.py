@@ -247,6 +247,10 @@ class Provider:
                     attempt + 1,
                     self.max_attempts,
                 )
+                self.ctx.log(
+                    f"{self.name} answered HTTP {response.status}; retrying in {wait:.1f} s "
+                    f"(attempt {attempt + 1} of {self.max_attempts})"
+                )
                 self.sleep(wait)
                 continue
             raise self.error(
