@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from flowy import __version__
 from flowy.api import errors
+from flowy.api.feeds import RunFeeds
 from flowy.api.limits import BodyLimit
 from flowy.api.routes import router
 from flowy.api.schemas import install_openapi
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         redoc_url=None,
     )
     app.state.platform = plat
+    app.state.feeds = RunFeeds()
     errors.install(app)
     app.add_middleware(
         BodyLimit, default=settings.server.max_body_bytes, uploads=settings.media.max_bytes + 65536

@@ -16,10 +16,11 @@ from starlette.datastructures import UploadFile
 
 from flowy.api import schemas as sc
 from flowy.api.deps import BodyDep, PlatformDep, WorkspaceDep
+from flowy.api.feeds import RunFeeds
 from flowy.api.views import app_detail, app_summary, iso
 from flowy.db.models import Asset, RunEvent
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
-from flowy.services.events import TERMINAL_EVENTS, read_events
+from flowy.services.events import TERMINAL_EVENTS
 from flowy.services.idempotency import Answer, request_hash
 from flowy.services.platform import Platform
 from flowy.services.runs import RunFilter
@@ -438,26 +439,33 @@ def _last_id(value: str | None) -> int:
 async def _event_stream(
     request: Request, p: Platform, ws: str, run_id: str, after: int, keepalive: float
 ) -> AsyncIterator[bytes]:
-    with p.bus.subscribe(run_id) as sub:
-        yield b"retry: 1000\n\n"
-        while True:
-            # Read before the events: a run's end commits with its terminal event, so an
-            # ended run has every event stored by now.
-            run = await run_in_threadpool(p.runs.get, ws, run_id)
-            events = await run_in_threadpool(read_events, p.db, run_id, after)
-            for ev in events:
-                after = ev.seq
-                yield _sse(p, run_id, ev)
-                if ev.type in TERMINAL_EVENTS:
+    feeds: RunFeeds = request.app.state.feeds
+    feed = feeds.acquire(run_id)
+    try:
+        with p.bus.subscribe(run_id) as sub:
+            yield b"retry: 1000\n\n"
+            while True:
+                # Subscribed first, then read: news that lands in between is not missed.
+                # A run's end commits with its terminal event, so an ended run's feed
+                # holds every event.
+                if len(feed.since(after)) == 0 and not feed.ended:
+                    await feed.refresh(p.db, lambda ev: _sse(p, run_id, ev))
+                news = feed.since(after)
+                for ev in news:
+                    after = ev.seq
+                    yield ev.body
+                    if ev.type in TERMINAL_EVENTS:
+                        return
+                if news:
+                    continue
+                if feed.ended:
+                    return  # resumed at or after its terminal event: nothing more will come
+                if await request.is_disconnected():
                     return
-            if events:
-                continue
-            if run.status in TERMINAL:
-                return  # resumed at or after its terminal event: nothing more will come
-            if await request.is_disconnected():
-                return
-            if not await sub.wait(keepalive):
-                yield b": keep-alive\n\n"
+                if not await sub.wait(keepalive):
+                    yield b": keep-alive\n\n"
+    finally:
+        feeds.release(feed)
 
 
 def _sse(p: Platform, run_id: str, ev: RunEvent) -> bytes:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import graphlib
 import logging
+import queue
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,7 +103,7 @@ class NoSecrets:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Context:
     run_id: str
     node_id: str
@@ -189,7 +191,7 @@ def _invoke(
     key: str | None,
     cache: ResultCache | None,
 ) -> _Result:
-    """Run one node on a pool thread, through the cache when it has a key."""
+    """Run one node (on a pool thread, or inline), through the cache when it has a key."""
     # Input nodes cost less to run than to look up; they still get keys.
     lookup = key is not None and cache is not None and not b.type.input_kind
     if lookup:
@@ -206,8 +208,34 @@ def _invoke(
     return _Result(result, {p: port_key(key, p) for p in result}, False)
 
 
+#: What a pool thread hands back: the node id, and its result or what it raised.
+_Outcome = tuple[str, "_Result | None", "BaseException | None"]
+
+
+def _run_on_pool(
+    put: Callable[[_Outcome], None],
+    b: BoundNode,
+    ctx: _Context,
+    kwargs: Mapping[str, object],
+    key: str | None,
+    cache: ResultCache | None,
+) -> None:
+    """A pool thread's job: run the node and put its outcome on the scheduler's queue."""
+    try:
+        res = _invoke(b, ctx, kwargs, key, cache)
+    except BaseException as exc:  # handed to the scheduler thread, which reports it
+        put((b.id, None, exc))
+        return
+    put((b.id, res, None))
+
+
 class WorkflowExecutor:
-    """Runs workflows on a shared thread pool, at most ``concurrency`` nodes of a run at once."""
+    """Runs workflows on a shared thread pool, at most ``concurrency`` nodes of a run at once.
+
+    Nodes whose type is marked ``inline`` run on the scheduler thread itself (still one of
+    the ``concurrency`` slots, through the same cache); the rest run on the pool, and each
+    puts its outcome on a queue that the scheduler thread blocks on.
+    """
 
     def __init__(self, pool: Executor, *, concurrency: int = 4) -> None:
         self._pool = pool
@@ -222,57 +250,73 @@ class WorkflowExecutor:
         is canceled or passes its deadline.
         """
         sink = sink or NullSink()
-        sorter = graphlib.TopologicalSorter(
-            {nid: workflow.predecessors(nid) for nid in workflow.nodes}
-        )
+        nodes = workflow.nodes
+        sources = workflow.sources
+        sorter = graphlib.TopologicalSorter(sources)
         sorter.prepare()
         # How many consumers still need each node's values, to free images early.
-        consumers = {nid: 0 for nid in workflow.nodes}
-        for b in workflow.nodes.values():
-            for src in {w.node for w in b.wires.values()}:
-                consumers[src] += 1
+        consumers = dict(workflow.consumer_counts)
+        cache = request.cache
+        token = request.token
+        run_deadline = request.deadline
+        concurrency = self._concurrency
+        submit = self._pool.submit
 
         values: dict[str, Mapping[str, object]] = {}
         keys: dict[str, Mapping[str, str]] = {}
         outputs: dict[str, object] = {}
-        running: dict[Future[_Result], tuple[str, float]] = {}
-        waiting: list[str] = []
+        # node id -> (its future, its deadline); nodes on the pool only.
+        running: dict[str, tuple[Future[None], float]] = {}
+        waiting: deque[str] = deque()
+        finished: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        put = finished.put
 
         def complete(nid: str, result: Mapping[str, object], port_keys: Mapping[str, str]) -> None:
-            b = workflow.nodes[nid]
+            b = nodes[nid]
             values[nid] = result
-            keys[nid] = port_keys
+            if cache is not None:
+                keys[nid] = port_keys
             if b.type.output_kind and result.get("value", SKIP) is not SKIP:
                 outputs[nid] = result.get("value")
-            for src in {w.node for w in b.wires.values()}:
-                consumers[src] -= 1
-                if consumers[src] == 0:
+            for src in sources[nid]:
+                left = consumers[src] - 1
+                consumers[src] = left
+                if left == 0:
                     values.pop(src, None)
             sorter.done(nid)
 
-        def start(nid: str) -> None:
-            b = workflow.nodes[nid]
+        def finish(b: BoundNode, res: _Result) -> None:
+            if not res.values.keys() >= b.type.outputs.keys():
+                missing = set(b.type.outputs) - set(res.values)
+                raise self._fail(b, NodeError(f"node gave no {sorted(missing)} output"), sink)
+            sink.node_finished(b.id, cached=res.cached)
+            complete(b.id, res.values, res.keys)
+
+        def start(nid: str, now: float) -> bool:
+            """Start a node; True if it already finished here (inline or skipped)."""
+            b = nodes[nid]
+            bt = b.type
             kwargs: dict[str, object] = {}
             for name, w in b.wires.items():
                 value = values[w.node][w.port]
                 if value is SKIP:
-                    if not b.type.inputs[name].optional:
+                    if not bt.inputs[name].optional:
                         sink.node_skipped(nid)
                         complete(
                             nid,
-                            {p: SKIP for p in (*b.type.outputs, "value")},
-                            dict.fromkeys(b.type.outputs, "skip"),
+                            {p: SKIP for p in (*bt.outputs, "value")},
+                            dict.fromkeys(bt.outputs, "skip"),
                         )
-                        return
+                        return True
                     value = None
                 kwargs[name] = value
             key = None
-            if request.cache is not None and b.type.deterministic:
+            if cache is not None and bt.deterministic:
                 key = cache_key(
-                    b.type.type,
-                    b.type.version,
+                    bt.type,
+                    bt.version,
                     b.params,
-                    request.inputs.get(nid) if b.type.input_kind else None,
+                    request.inputs.get(nid) if bt.input_kind else None,
                     [(name, keys[w.node][w.port]) for name, w in b.wires.items()],
                 )
             ctx = _Context(
@@ -283,46 +327,70 @@ class WorkflowExecutor:
                 request.max_pixels,
                 request.fetch_policy,
                 request.secrets,
-                request.token,
+                token,
                 sink,
             )
-            timeout = b.type.timeout_seconds or request.node_timeout
             sink.node_started(nid)
-            fut = self._pool.submit(_invoke, b, ctx, kwargs, key, request.cache)
-            running[fut] = (nid, time.monotonic() + timeout)
+            if bt.inline:
+                # Cheap and never blocks: run it here, with no pool hop and no future.
+                try:
+                    res = _invoke(b, ctx, kwargs, key, cache)
+                except Exception as exc:
+                    raise self._fail(b, exc, sink) from None
+                finish(b, res)
+                return True
+            timeout = bt.timeout_seconds or request.node_timeout
+            fut = submit(_run_on_pool, put, b, ctx, kwargs, key, cache)
+            running[nid] = (fut, now + timeout)
+            return False
 
+        next_watch = 0.0
         try:
             while sorter.is_active():
+                now = time.monotonic()
+                if token.canceled or (run_deadline is not None and now > run_deadline):
+                    self._watch(workflow, request, running, sink, now)
                 waiting.extend(sorter.get_ready())
-                while waiting and len(running) < self._concurrency:
-                    start(waiting.pop(0))
-                if not running:
-                    continue  # only skipped nodes were ready: look again at once
-                done, _ = wait(list(running), timeout=WATCH_INTERVAL, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    nid, _deadline = running.pop(fut)
-                    b = workflow.nodes[nid]
-                    exc = fut.exception()
-                    if exc is not None:
-                        raise self._fail(b, exc, sink)
-                    res = fut.result()
-                    missing = set(b.type.outputs) - set(res.values)
-                    if missing:
-                        raise self._fail(
-                            b, NodeError(f"node gave no {sorted(missing)} output"), sink
-                        )
-                    sink.node_finished(nid, cached=res.cached)
-                    complete(nid, res.values, res.keys)
-                self._watch(workflow, request, running, sink)
-                sink.tick()
+                ran_here = False
+                while waiting and len(running) < concurrency:
+                    if start(waiting.popleft(), now):
+                        ran_here = True
+                if running:
+                    try:
+                        # Nodes that ran here (inline, skipped) may have readied others:
+                        # only look at the queue then; otherwise wait for a node to finish.
+                        if ran_here:
+                            outcome = finished.get_nowait()
+                        else:
+                            outcome = finished.get(timeout=WATCH_INTERVAL)
+                    except queue.Empty:
+                        outcome = None
+                    while outcome is not None:
+                        nid, res, exc = outcome
+                        del running[nid]
+                        b = nodes[nid]
+                        if exc is not None:
+                            raise self._fail(b, exc, sink)
+                        assert res is not None
+                        finish(b, res)
+                        try:
+                            outcome = finished.get_nowait()
+                        except queue.Empty:
+                            outcome = None
+                    now = time.monotonic()
+                if now >= next_watch:
+                    # Node deadlines and the sink's tick, at most every WATCH_INTERVAL / 10.
+                    self._watch(workflow, request, running, sink, now)
+                    sink.tick()
+                    next_watch = now + WATCH_INTERVAL / 10
         except RunFailed as failed:
             failed.outputs = dict(outputs)
             raise
         finally:
             if running:
                 # Cooperative nodes stop at their next check; the rest finish unobserved.
-                request.token.cancel(request.token.reason)
-                for fut in running:
+                token.cancel(token.reason)
+                for fut, _deadline in running.values():
                     fut.cancel()
         return outputs
 
@@ -330,11 +398,11 @@ class WorkflowExecutor:
         self,
         workflow: Workflow,
         request: RunRequest,
-        running: Mapping[Future[_Result], tuple[str, float]],
+        running: Mapping[str, tuple[Future[None], float]],
         sink: EventSink,
+        now: float,
     ) -> None:
-        now = time.monotonic()
-        for nid, node_deadline in running.values():
+        for nid, (_fut, node_deadline) in running.items():
             b = workflow.nodes[nid]
             if request.token.canceled:
                 raise self._fail(b, RunCanceled(request.token.reason, nid), sink)

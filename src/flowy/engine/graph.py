@@ -16,6 +16,7 @@ import graphlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,7 +87,24 @@ class Workflow:
     outputs: tuple[AppOutput, ...] = field(default=())
 
     def predecessors(self, node_id: str) -> set[str]:
-        return {w.node for w in self.nodes[node_id].wires.values()}
+        return set(self.sources[node_id])
+
+    @cached_property
+    def sources(self) -> Mapping[str, tuple[str, ...]]:
+        """Each node's distinct predecessors, in wire order (computed once per workflow)."""
+        return {
+            nid: tuple(dict.fromkeys(w.node for w in b.wires.values()))
+            for nid, b in self.nodes.items()
+        }
+
+    @cached_property
+    def consumer_counts(self) -> Mapping[str, int]:
+        """How many distinct nodes read each node's outputs (computed once per workflow)."""
+        counts = dict.fromkeys(self.nodes, 0)
+        for srcs in self.sources.values():
+            for src in srcs:
+                counts[src] += 1
+        return counts
 
 
 def _loc(err: Mapping[str, Any]) -> str:
@@ -177,9 +195,11 @@ def parse_workflow(data: object, registry: NodeRegistry) -> Workflow:
     )
     if not outputs:
         raise GraphInvalid([Issue("no_outputs", "a workflow needs at least one output node")])
-    return Workflow(
+    workflow = Workflow(
         bound, order, tuple(sorted(inputs, key=_by_id)), tuple(sorted(outputs, key=_by_id))
     )
+    workflow.consumer_counts  # noqa: B018 - precompute the executor's maps once, here
+    return workflow
 
 
 def _by_id(x: AppInput | AppOutput) -> tuple[int, str]:

@@ -143,6 +143,11 @@ class NodeType:
 
     ``input_kind`` marks the nodes that become an app's inputs (``text``, ``image_url``,
     ...); ``output_kind`` the nodes that become its outputs (``image``, ``text``, ``json``).
+
+    ``inline`` promises that the node is cheap and never blocks (no I/O, no sleeping, no
+    heavy computation): the executor then runs it on its scheduler thread, skipping the
+    thread-pool hop.  Its ``timeout_seconds`` is not enforced while it runs (nothing can
+    stop a call on the scheduler thread), so never mark a node inline that might block.
     """
 
     type: str
@@ -158,6 +163,7 @@ class NodeType:
     input_kind: str | None = None
     output_kind: str | None = None
     timeout_seconds: float | None = None
+    inline: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The catalog entry served by ``GET /v1/nodes``: ports and params as JSON Schema."""
@@ -195,6 +201,7 @@ def node(
     input_kind: str | None = None,
     output_kind: str | None = None,
     timeout_seconds: float | None = None,
+    inline: bool = False,
 ) -> Callable[[NodeFunction], NodeType]:
     """Declare a node type from a function ``fn(ctx, params, **inputs) -> {output: value}``.
 
@@ -216,6 +223,7 @@ def node(
             input_kind=input_kind,
             output_kind=output_kind,
             timeout_seconds=timeout_seconds,
+            inline=inline,
         )
 
     return wrap

@@ -32,6 +32,7 @@ from flowy.media.sniff import extension_for, sniff_content_type
     params=TextInputParams,
     outputs={"text": Port("text")},
     deterministic=True,
+    inline=True,
 )
 def text_input(ctx: NodeContext, params: TextInputParams) -> dict[str, object]:
     """A text the caller gives (empty when optional and not given)."""
@@ -46,6 +47,7 @@ def text_input(ctx: NodeContext, params: TextInputParams) -> dict[str, object]:
     input_kind="number",
     params=NumberInputParams,
     outputs={"number": Port("number")},
+    inline=True,
 )
 def number_input(ctx: NodeContext, params: NumberInputParams) -> dict[str, object]:
     """A number the caller gives."""
@@ -60,6 +62,7 @@ def number_input(ctx: NodeContext, params: NumberInputParams) -> dict[str, objec
     input_kind="boolean",
     params=BooleanInputParams,
     outputs={"value": Port("boolean")},
+    inline=True,
 )
 def boolean_input(ctx: NodeContext, params: BooleanInputParams) -> dict[str, object]:
     """A yes/no the caller gives."""
@@ -74,6 +77,7 @@ def boolean_input(ctx: NodeContext, params: BooleanInputParams) -> dict[str, obj
     input_kind="choice",
     params=ChoiceInputParams,
     outputs={"text": Port("text")},
+    inline=True,
 )
 def choice_input(ctx: NodeContext, params: ChoiceInputParams) -> dict[str, object]:
     """One of a fixed set of options, picked by the caller."""
@@ -262,6 +266,7 @@ def file_output(ctx: NodeContext, params: FileOutputParams, file: Artifact) -> d
     params=ValueOutputParams,
     inputs={"text": Port("text")},
     outputs={},
+    inline=True,
 )
 def text_output(ctx: NodeContext, params: ValueOutputParams, text: str) -> dict[str, object]:
     """A text result of the app, returned inline as ``value``."""
@@ -276,6 +281,7 @@ def text_output(ctx: NodeContext, params: ValueOutputParams, text: str) -> dict[
     params=ValueOutputParams,
     inputs={"value": Port("any")},
     outputs={},
+    inline=True,
 )
 def json_output(ctx: NodeContext, params: ValueOutputParams, value: object) -> dict[str, object]:
     """A JSON result of the app, returned inline as ``value``."""
