@@ -867,3 +867,172 @@ def test_builtin_json_output_refuses_non_json(
         WorkflowExecutor(pool).execute(wf2, request())
     assert info.value.node_id == "node_2"
     assert info.value.error.startswith("node_2 (Result): value is not JSON: ")
+
+
+# --------------------------------------------------------------------------- inline nodes
+
+
+def _inline_types(threads: dict[str, int]) -> list[NodeType]:
+    """A pool node and an inline node that record the thread they ran on."""
+
+    def on_pool(ctx: Any, params: P, value: object = None) -> dict[str, object]:
+        threads[ctx.node_id] = threading.get_ident()
+        return {"value": value if value is not None else params.value}
+
+    def inline(ctx: Any, params: P, value: object = None) -> dict[str, object]:
+        threads[ctx.node_id] = threading.get_ident()
+        return {"value": value if value is not None else params.value}
+
+    pool_t = ntype("pooled", on_pool, ins=("value",))
+    inline_t = node(
+        "inl",
+        title="Inl",
+        category="test",
+        params=P,
+        inputs={"value": Port("any", optional=True)},
+        outputs={"value": Port("any")},
+        inline=True,
+    )(inline)
+    return [pool_t, inline_t]
+
+
+def test_inline_node_runs_on_the_scheduler_thread(pool: ThreadPoolExecutor) -> None:
+    threads: dict[str, int] = {}
+    wf = build(
+        _inline_types(threads),
+        [
+            nd("a", "inl", param=7),
+            nd("b", "pooled", value="a.value"),
+            nd("c", "inl", value="b.value"),
+            nd("o", "out", value="c.value"),
+        ],
+    )
+    sink = Recorder()
+    assert WorkflowExecutor(pool).execute(wf, request(), sink) == {"o": 7}
+    me = threading.get_ident()
+    assert threads["a"] == me
+    assert threads["c"] == me
+    assert threads["b"] != me
+    assert sink.events == [
+        ("started", "a"),
+        ("finished", "a", None),
+        ("started", "b"),
+        ("finished", "b", None),
+        ("started", "c"),
+        ("finished", "c", None),
+        ("started", "o"),
+        ("finished", "o", None),
+    ]
+
+
+def test_builtin_io_nodes_are_inline(builtins: NodeRegistry) -> None:
+    for t in ("input.text", "input.number", "input.boolean", "input.choice"):
+        assert builtins.get(t).inline, t  # type: ignore[union-attr]
+    for t in ("output.text", "output.json"):
+        assert builtins.get(t).inline, t  # type: ignore[union-attr]
+    for t in ("input.image_url", "output.image", "util.delay"):
+        assert not builtins.get(t).inline, t  # type: ignore[union-attr]
+
+
+def test_failing_inline_node_names_the_node(pool: ThreadPoolExecutor) -> None:
+    def bad(ctx: Any, params: P) -> dict[str, object]:
+        raise NodeError("bad inline")
+
+    bad_t = node(
+        "bad", title="Bad", category="test", params=P, outputs={"value": Port("any")}, inline=True
+    )(bad)
+    wf = build(
+        [CONST, bad_t],
+        [
+            nd("c", "const", param=1),
+            nd("x", "bad"),
+            nd("o", "out", value="c.value"),
+            nd("o2", "out", value="x.value"),
+        ],
+    )
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool, concurrency=1).execute(wf, request())
+    assert info.value.node_id == "x"
+    assert info.value.error == "x (Bad): bad inline"
+
+
+def _mixed_with_blocked(
+    release: threading.Event, started: threading.Event, timeout_seconds: float | None
+) -> tuple[Workflow, dict[str, int]]:
+    threads: dict[str, int] = {}
+
+    def stuck(ctx: Any, params: P, value: object) -> dict[str, object]:
+        started.set()
+        release.wait(5)  # does not look at the token
+        return {"value": value}
+
+    types = [
+        *_inline_types(threads),
+        ntype("stuck", stuck, ins=("value",), timeout_seconds=timeout_seconds, title="Stuck"),
+    ]
+    wf = build(
+        types,
+        [
+            nd("a", "inl", param=1),
+            nd("s", "stuck", value="a.value"),
+            nd("b", "pooled", value="a.value"),
+            nd("c", "inl", value="b.value"),
+            nd("o1", "out", value="s.value"),
+            nd("o2", "out", value="c.value"),
+        ],
+    )
+    return wf, threads
+
+
+def test_mixed_inline_and_pool_honours_node_timeout(
+    pool: ThreadPoolExecutor, release: threading.Event
+) -> None:
+    wf, threads = _mixed_with_blocked(release, threading.Event(), timeout_seconds=0.3)
+    start = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool).execute(wf, request(node_timeout=60))
+    elapsed = time.monotonic() - start
+    assert info.value.error == "s (Stuck): timed out after 0.3 s"
+    assert info.value.canceled is False
+    assert 0.25 <= elapsed < PROMPT
+    assert not release.is_set()
+    # The other branch, inline nodes included, ran meanwhile; its output is kept.
+    assert threads["c"] == threading.get_ident()
+    assert info.value.outputs == {"o2": 1}
+
+
+def test_mixed_inline_and_pool_honours_cancellation(
+    pool: ThreadPoolExecutor, release: threading.Event
+) -> None:
+    started = threading.Event()
+    wf, _threads = _mixed_with_blocked(release, started, timeout_seconds=None)
+    req = request()
+    canceler = threading.Thread(
+        target=lambda: started.wait(5) and (time.sleep(0.1), req.token.cancel("stop now"))
+    )
+    canceler.start()
+    begin = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool).execute(wf, req)
+    canceler.join()
+    assert time.monotonic() - begin < PROMPT
+    assert info.value.canceled is True
+    assert info.value.node_id == "s"
+    assert info.value.error == "s (Stuck): stop now"
+    assert not release.is_set()
+
+
+def test_mixed_inline_and_pool_respects_concurrency_one(pool: ThreadPoolExecutor) -> None:
+    threads: dict[str, int] = {}
+    nodes = [nd(f"i{i}", "inl", param=i) for i in range(3)]
+    nodes += [nd(f"p{i}", "pooled", value=f"i{i}.value") for i in range(3)]
+    nodes += [nd(f"o{i}", "out", value=f"p{i}.value") for i in range(3)]
+    wf = build(_inline_types(threads), nodes)
+    sink = Recorder()
+    assert WorkflowExecutor(pool, concurrency=1).execute(wf, request(), sink) == {
+        f"o{i}": i for i in range(3)
+    }
+    # One node at a time: every start is followed by its own finish.
+    for i in range(0, len(sink.events), 2):
+        assert sink.events[i][0] == "started"
+        assert sink.events[i + 1][:2] == ("finished", sink.events[i][1])

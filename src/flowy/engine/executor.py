@@ -379,7 +379,8 @@ class WorkflowExecutor:
                             outcome = None
                     now = time.monotonic()
                 if now >= next_watch:
-                    # Node deadlines and the sink's tick, at most every WATCH_INTERVAL / 10.
+                    # Node deadlines and the sink's tick: at least every WATCH_INTERVAL
+                    # (the queue wait's timeout), at most every WATCH_INTERVAL / 10.
                     self._watch(workflow, request, running, sink, now)
                     sink.tick()
                     next_watch = now + WATCH_INTERVAL / 10
