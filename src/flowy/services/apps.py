@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import Lock
 from typing import Any
@@ -26,6 +27,16 @@ class WorkflowCache:
         self._size = size
         self._items: OrderedDict[str, Workflow] = OrderedDict()
         self._lock = Lock()
+
+    def load(self, version_id: str, read: Callable[[], dict[str, Any]]) -> Workflow:
+        """The parsed workflow of a version; ``read`` fetches its document only on a miss
+        (the JSON of a big graph is not worth reading and parsing per run)."""
+        with self._lock:
+            wf = self._items.get(version_id)
+            if wf is not None:
+                self._items.move_to_end(version_id)
+                return wf
+        return self.get(version_id, read())
 
     def get(self, version_id: str, document: dict[str, Any]) -> Workflow:
         with self._lock:
@@ -87,6 +98,21 @@ class AppService:
             version = s.get(AppVersion, app.current_version_id)
             assert version is not None
         return AppDetail(app, version, self.workflows.get(version.id, version.workflow))
+
+    def runnable(self, workspace_id: str, app_id: str) -> tuple[App, str, Workflow]:
+        """What starting a run needs: the app, its current version id and its workflow,
+        without reading the version's document when the workflow is cached."""
+        with self.db.read() as s:
+            app = _load(s, workspace_id, app_id)
+            version_id = app.current_version_id
+            assert version_id is not None
+
+            def read() -> dict[str, Any]:
+                doc = s.scalar(select(AppVersion.workflow).where(AppVersion.id == version_id))
+                assert doc is not None
+                return dict(doc)
+
+            return app, version_id, self.workflows.load(version_id, read)
 
     def create(
         self,

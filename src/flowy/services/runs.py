@@ -87,8 +87,8 @@ class RunService:
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
-        detail = self.apps.get(workspace_id, app_id)
-        if not detail.app.published:
+        app, version_id, workflow = self.apps.runnable(workspace_id, app_id)
+        if not app.published:
             raise Conflict(f"app {app_id} is not published; publish it before running it")
         if not isinstance(body, Mapping):
             raise ValidationFailed(
@@ -132,7 +132,7 @@ class RunService:
         if "inputs" in body:
             try:
                 inputs = check_run_inputs(
-                    detail.workflow,
+                    workflow,
                     body["inputs"],
                     lambda url: self.files.check_link(url, workspace_id),
                 )
@@ -144,12 +144,12 @@ class RunService:
             raise ValidationFailed(issues)
         run = Run(
             workspace_id=workspace_id,
-            app_id=detail.app.id,
-            version_id=detail.version.id,
+            app_id=app.id,
+            version_id=version_id,
             status=RunStatus.QUEUED,
             inputs=inputs,
             outputs=[],
-            nodes={nid: {"status": NodeStatus.PENDING} for nid in detail.workflow.order},
+            nodes={nid: {"status": NodeStatus.PENDING} for nid in workflow.order},
             created_at=utcnow(),
             webhook_url=webhook_url,
             webhook_events=webhook_events,
@@ -161,9 +161,7 @@ class RunService:
             s.add(run)
             s.flush()
             emit(s, run.id, "run.queued", {"status": RunStatus.QUEUED})
-            s.execute(
-                update(App).where(App.id == detail.app.id).values(run_count=App.run_count + 1)
-            )
+            s.execute(update(App).where(App.id == app.id).values(run_count=App.run_count + 1))
         self.enqueue(run.id)
         return run
 

@@ -224,15 +224,20 @@ class RunProcessor:
         with self.db.read() as s:
             run = s.get(Run, run_id)
             assert run is not None
-            version = s.get(AppVersion, run.version_id)
-            assert version is not None
+
+            def read() -> dict[str, Any]:
+                doc = s.scalar(select(AppVersion.workflow).where(AppVersion.id == run.version_id))
+                assert doc is not None
+                return dict(doc)
+
+            workflow = self.workflows.load(run.version_id, read)
         token = CancelToken()
         if run.cancel_requested_at is not None:
             token.cancel(CANCELED_BY_REQUEST)
         with self._lock:
             self.active[run_id] = token
         try:
-            self._execute(run, version, token)
+            self._execute(run, workflow, token)
         except Exception:
             logger.exception("run %s: internal error", run_id)
             with self.db.write() as s:
@@ -249,8 +254,7 @@ class RunProcessor:
                 self.active.pop(run_id, None)
         return run.workspace_id
 
-    def _execute(self, run: Run, version: AppVersion, token: CancelToken) -> None:
-        workflow = self.workflows.get(version.id, version.workflow)
+    def _execute(self, run: Run, workflow: Workflow, token: CancelToken) -> None:
         sink = RunSink(self.db, run, self.owner, workflow)
         w = self.settings.worker
         deadline = None
