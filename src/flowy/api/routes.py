@@ -6,10 +6,11 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -307,63 +308,63 @@ _BEFORE = "Only runs made before this time."
 _CURSOR = "The `nextCursor` of the previous page."
 
 
+@dataclass(frozen=True)
+class RunListQuery:
+    """The query of both run lists: filters (but the app) and the page."""
+
+    status: str | None
+    version_id: str | None
+    created_after: datetime | None
+    created_before: datetime | None
+    limit: int
+    cursor: str | None
+
+    def filter(self, app_id: str | None) -> RunFilter:
+        return RunFilter(
+            app_id,
+            self.status,
+            self.version_id,
+            _utc(self.created_after, "createdAfter"),
+            _utc(self.created_before, "createdBefore"),
+        )
+
+
+def run_list_query(
+    status: Annotated[str | None, Query(json_schema_extra=sc.RUN_STATUS_QUERY)] = None,
+    version_id: Annotated[str | None, Query(alias="versionId")] = None,
+    created_after: Annotated[
+        datetime | None,
+        Query(alias="createdAfter", description=_AFTER, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    created_before: Annotated[
+        datetime | None,
+        Query(alias="createdBefore", description=_BEFORE, json_schema_extra=sc.TIME_QUERY),
+    ] = None,
+    limit: Annotated[int, Query(json_schema_extra=sc.LIMIT_QUERY)] = 20,
+    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
+) -> RunListQuery:
+    return RunListQuery(status, version_id, created_after, created_before, limit, cursor)
+
+
+RunListDep = Annotated[RunListQuery, Depends(run_list_query)]
+
+
 @router.get("/runs", tags=["runs"], responses=sc.answers(200, sc.RunPage, 422))
 def list_runs(
     p: PlatformDep,
     ws: WorkspaceDep,
+    q: RunListDep,
     app_id: Annotated[str | None, Query(alias="appId")] = None,
-    status: Annotated[str | None, Query(json_schema_extra=sc.RUN_STATUS_QUERY)] = None,
-    version_id: Annotated[str | None, Query(alias="versionId")] = None,
-    created_after: Annotated[
-        datetime | None,
-        Query(alias="createdAfter", description=_AFTER, json_schema_extra=sc.TIME_QUERY),
-    ] = None,
-    created_before: Annotated[
-        datetime | None,
-        Query(alias="createdBefore", description=_BEFORE, json_schema_extra=sc.TIME_QUERY),
-    ] = None,
-    limit: Annotated[int, Query(json_schema_extra=sc.LIMIT_QUERY)] = 20,
-    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
 ) -> Data:
     """Runs of the workspace, newest first, a page at a time (``nextCursor``)."""
-    f = RunFilter(
-        app_id,
-        status,
-        version_id,
-        _utc(created_after, "createdAfter"),
-        _utc(created_before, "createdBefore"),
-    )
-    return _list_runs(p, ws, f, limit, cursor)
+    return _list_runs(p, ws, q.filter(app_id), q.limit, q.cursor)
 
 
 @router.get("/apps/{app_id}/runs", tags=["runs"], responses=sc.answers(200, sc.RunPage, 404, 422))
-def list_app_runs(
-    p: PlatformDep,
-    ws: WorkspaceDep,
-    app_id: str,
-    status: Annotated[str | None, Query(json_schema_extra=sc.RUN_STATUS_QUERY)] = None,
-    version_id: Annotated[str | None, Query(alias="versionId")] = None,
-    created_after: Annotated[
-        datetime | None,
-        Query(alias="createdAfter", description=_AFTER, json_schema_extra=sc.TIME_QUERY),
-    ] = None,
-    created_before: Annotated[
-        datetime | None,
-        Query(alias="createdBefore", description=_BEFORE, json_schema_extra=sc.TIME_QUERY),
-    ] = None,
-    limit: Annotated[int, Query(json_schema_extra=sc.LIMIT_QUERY)] = 20,
-    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
-) -> Data:
+def list_app_runs(p: PlatformDep, ws: WorkspaceDep, app_id: str, q: RunListDep) -> Data:
     """Runs of one app, newest first."""
     app = p.apps.get(ws, app_id)  # 404 for another workspace's app
-    f = RunFilter(
-        app.app.id,
-        status,
-        version_id,
-        _utc(created_after, "createdAfter"),
-        _utc(created_before, "createdBefore"),
-    )
-    return _list_runs(p, ws, f, limit, cursor)
+    return _list_runs(p, ws, q.filter(app.app.id), q.limit, q.cursor)
 
 
 @router.get(
