@@ -5,7 +5,8 @@ ready at once) go through :class:`WorkflowExecutor` on a thread pool shaped like
 embedded worker's (8 threads, 4 nodes of a run at once), with no cache and a null sink.
 The floor is ``graphlib.TopologicalSorter`` alone: prepare / get_ready / done.  Two
 references explain the gap: calling the node functions inline, and one thread-pool
-round trip per node (what a chain cannot avoid when every node runs on a pool thread).
+round trip per node (what a chain paid before the thread finishing a node started the
+next one itself).
 """
 
 from __future__ import annotations

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import graphlib
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from flowy.engine.executor import (
     WorkflowExecutor,
     describe_failure,
 )
-from flowy.engine.graph import Workflow, parse_workflow
+from flowy.engine.graph import Wire, Workflow, parse_workflow
 from flowy.engine.registry import NodeRegistry, default_registry
 from flowy.engine.spec import NodeType, Port, node
 from flowy.errors import MediaError, NodeError, RunCanceled
@@ -896,7 +898,7 @@ def _inline_types(threads: dict[str, int]) -> list[NodeType]:
     return [pool_t, inline_t]
 
 
-def test_inline_node_runs_on_the_scheduler_thread(pool: ThreadPoolExecutor) -> None:
+def test_inline_node_runs_on_the_thread_that_scheduled_it(pool: ThreadPoolExecutor) -> None:
     threads: dict[str, int] = {}
     wf = build(
         _inline_types(threads),
@@ -910,9 +912,11 @@ def test_inline_node_runs_on_the_scheduler_thread(pool: ThreadPoolExecutor) -> N
     sink = Recorder()
     assert WorkflowExecutor(pool).execute(wf, request(), sink) == {"o": 7}
     me = threading.get_ident()
+    # Ready at the start: run by the calling thread, which only submits pool nodes.
     assert threads["a"] == me
-    assert threads["c"] == me
     assert threads["b"] != me
+    # Made ready by a pool node: run by the thread that finished it, with no pool hop.
+    assert threads["c"] == threads["b"]
     assert sink.events == [
         ("started", "a"),
         ("finished", "a", None),
@@ -997,7 +1001,7 @@ def test_mixed_inline_and_pool_honours_node_timeout(
     assert 0.25 <= elapsed < PROMPT
     assert not release.is_set()
     # The other branch, inline nodes included, ran meanwhile; its output is kept.
-    assert threads["c"] == threading.get_ident()
+    assert threads["c"] == threads["b"]
     assert info.value.outputs == {"o2": 1}
 
 
@@ -1036,3 +1040,289 @@ def test_mixed_inline_and_pool_respects_concurrency_one(pool: ThreadPoolExecutor
     for i in range(0, len(sink.events), 2):
         assert sink.events[i][0] == "started"
         assert sink.events[i + 1][:2] == ("finished", sink.events[i][1])
+
+
+# --------------------------------------------------------------------------- pool threads
+
+
+def _head(ctx: Any, params: P) -> dict[str, object]:
+    return {"value": 0}
+
+
+def _chain(length: int, step: Fn, extra: list[NodeType] | None = None) -> Workflow:
+    """head -> s1 -> ... -> s<length> -> o, every node on the pool."""
+    nodes = [nd("head", "head")]
+    nodes += [
+        nd(f"s{i}", "step", value=f"s{i - 1}.value" if i > 1 else "head.value")
+        for i in range(1, length + 1)
+    ]
+    nodes.append(nd("o", "out", value=f"s{length}.value"))
+    types = [ntype("head", _head), ntype("step", step, ins=("value",), title="Step")]
+    return build([*types, *(extra or [])], nodes)
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A pool that counts the jobs it was given."""
+
+    submits = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submits += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_chain_of_pool_nodes_stays_on_one_pool_thread() -> None:
+    threads: dict[str, int] = {}
+
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        threads[ctx.node_id] = threading.get_ident()
+        return {"value": value + 1}
+
+    sink = Recorder()
+    with _CountingPool(max_workers=8) as pool:
+        assert WorkflowExecutor(pool).execute(_chain(30, step), request(), sink) == {"o": 30}
+    # The thread that finishes a node runs the next one: one job, no hand-off per node.
+    assert pool.submits == 1
+    assert len(threads) == 30
+    assert len(set(threads.values())) == 1
+    assert threading.get_ident() not in threads.values()
+    order = ["head", *(f"s{i}" for i in range(1, 31)), "o"]
+    assert sink.events == [e for nid in order for e in (("started", nid), ("finished", nid, None))]
+
+
+def _stuck_at(k: int, started: threading.Event, release: threading.Event, ran: list[str]) -> Fn:
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        ran.append(ctx.node_id)
+        if ctx.node_id == f"s{k}":
+            started.set()
+            release.wait(5)  # does not look at the token
+        return {"value": value + 1}
+
+    return step
+
+
+def test_node_timeout_fires_mid_chain(pool: ThreadPoolExecutor, release: threading.Event) -> None:
+    ran: list[str] = []
+    wf = _chain(6, _stuck_at(3, threading.Event(), release, ran))
+    sink = Recorder()
+    start = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool).execute(wf, request(node_timeout=0.3), sink)
+    assert 0.25 <= time.monotonic() - start < PROMPT
+    assert info.value.error == "s3 (Step): timed out after 0.3 s"
+    assert info.value.node_id == "s3"
+    assert ran == ["s1", "s2", "s3"]
+    assert not release.is_set()  # s3 really was still blocked
+    assert sink.events[-1] == ("finished", "s3", "s3 (Step): timed out after 0.3 s")
+    # The stuck thread ends later: it must not report s3 or start s4 after the failure.
+    release.set()
+    time.sleep(0.1)
+    assert sink.events[-1] == ("finished", "s3", "s3 (Step): timed out after 0.3 s")
+    assert ran == ["s1", "s2", "s3"]
+
+
+def test_cancel_fires_mid_chain(pool: ThreadPoolExecutor, release: threading.Event) -> None:
+    started = threading.Event()
+    ran: list[str] = []
+    wf = _chain(6, _stuck_at(4, started, release, ran))
+    req = request()
+
+    def cancel_once_stuck() -> None:
+        if started.wait(5):
+            time.sleep(0.1)
+            req.token.cancel("stop now")
+
+    canceler = threading.Thread(target=cancel_once_stuck)
+    canceler.start()
+    begin = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool).execute(wf, req)
+    canceler.join()
+    assert time.monotonic() - begin < PROMPT
+    assert info.value.canceled is True
+    assert info.value.node_id == "s4"
+    assert info.value.error == "s4 (Step): stop now"
+    assert ran == ["s1", "s2", "s3", "s4"]
+
+
+def test_cancel_between_pool_nodes_starts_nothing_more(pool: ThreadPoolExecutor) -> None:
+    req = request()
+
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        if ctx.node_id == "s2":
+            req.token.cancel("enough")  # and finishes normally: s3 must not start
+        return {"value": value + 1}
+
+    sink = Recorder()
+    with pytest.raises(RunFailed) as info:
+        WorkflowExecutor(pool).execute(_chain(5, step), req, sink)
+    assert info.value.canceled is True
+    assert info.value.error == "enough"
+    assert [e[1] for e in sink.of("started")] == ["head", "s1", "s2"]
+
+
+def test_run_deadline_fires_mid_chain(pool: ThreadPoolExecutor) -> None:
+    ran: list[str] = []
+
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        ran.append(ctx.node_id)
+        time.sleep(0.05)
+        return {"value": value + 1}
+
+    start = time.monotonic()
+    with pytest.raises(RunFailed, match="the run passed its time limit"):
+        WorkflowExecutor(pool).execute(_chain(40, step), request(deadline=time.monotonic() + 0.3))
+    assert time.monotonic() - start < PROMPT
+    assert 3 <= len(ran) < 40
+
+
+def test_fan_out_on_pool_threads_keeps_to_its_slots(pool: ThreadPoolExecutor) -> None:
+    cond = threading.Condition()
+    active = [0]
+    peak = [0]
+
+    def busy(ctx: Any, params: P, value: int) -> dict[str, object]:
+        with cond:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            cond.notify_all()
+            # Linger until a fourth node overlaps, or a little while if none can.
+            cond.wait_for(lambda: active[0] > 3, timeout=0.05)
+            active[0] -= 1
+        return {"value": value + int(ctx.node_id[1:])}
+
+    nodes = [nd("head", "head")]
+    nodes += [nd(f"b{i}", "busy", value="head.value") for i in range(24)]
+    nodes += [nd(f"o{i}", "out", value=f"b{i}.value") for i in range(24)]
+    wf = build([ntype("head", _head), ntype("busy", busy, ins=("value",))], nodes)
+    result = WorkflowExecutor(pool, concurrency=3).execute(wf, request())
+    assert result == {f"o{i}": i for i in range(24)}
+    assert peak[0] == 3
+
+
+def test_value_freed_while_its_producers_thread_runs_on(pool: ThreadPoolExecutor) -> None:
+    """x's only consumer y finishes on another thread while x's thread runs w: x's value
+    must not be kept alive by the thread that produced it."""
+    refs: list[weakref.ref[Blob]] = []
+    w_started = threading.Event()
+    y_ran = threading.Event()
+    freed: list[bool] = []
+    threads: dict[str, int] = {}
+
+    def make(ctx: Any, params: P) -> dict[str, object]:
+        threads["x"] = threading.get_ident()
+        blob = Blob()
+        refs.append(weakref.ref(blob))
+        return {"value": blob}
+
+    def hold(ctx: Any, params: P) -> dict[str, object]:
+        w_started.wait(5)  # so that x's thread, not this one, runs w
+        return {"value": "q"}
+
+    def watch(ctx: Any, params: P) -> dict[str, object]:
+        threads["w"] = threading.get_ident()
+        w_started.set()
+        y_ran.wait(5)
+        deadline = time.monotonic() + 2
+        while refs[0]() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        freed.append(refs[0]() is None)
+        return {"value": "w"}
+
+    def use(ctx: Any, params: P, value: object) -> dict[str, object]:
+        y_ran.set()
+        return {"value": "small"}
+
+    wf = build(
+        [
+            ntype("make", make),
+            ntype("hold", hold),
+            ntype("watch", watch),
+            ntype("use", use, ins=("value",)),
+        ],
+        [
+            nd("x", "make"),
+            nd("q", "hold"),
+            nd("w", "watch"),
+            nd("y", "use", value="x.value"),
+            nd("oq", "out", value="q.value"),
+            nd("ow", "out", value="w.value"),
+            nd("oy", "out", value="y.value"),
+        ],
+    )
+    result = WorkflowExecutor(pool, concurrency=2).execute(wf, request())
+    assert result == {"oq": "q", "ow": "w", "oy": "small"}
+    assert threads["w"] == threads["x"]
+    assert freed == [True]
+
+
+class _BrokenSink(Recorder):
+    def node_started(self, node_id: str) -> None:
+        if node_id == "s2":
+            raise RuntimeError("the sink broke")
+        super().node_started(node_id)
+
+
+@pytest.mark.timeout(10)  # what breaks here is execute() waiting forever
+def test_sink_error_on_a_pool_thread_is_raised_by_execute(pool: ThreadPoolExecutor) -> None:
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        return {"value": value + 1}
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="the sink broke"):
+        WorkflowExecutor(pool).execute(_chain(4, step), request(), _BrokenSink())
+    assert time.monotonic() - start < PROMPT
+
+
+class _Ticks(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
+def test_sink_ticks_while_a_node_runs(pool: ThreadPoolExecutor) -> None:
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        if ctx.node_id == "s2":
+            time.sleep(0.45)
+        return {"value": value + 1}
+
+    sink = _Ticks()
+    WorkflowExecutor(pool).execute(_chain(3, step), request(), sink)
+    assert sink.ticks >= 2  # one every WATCH_INTERVAL (0.1 s)
+
+
+class _TickFails(Recorder):
+    def tick(self) -> None:
+        raise RuntimeError("the flush failed")
+
+
+def test_error_in_tick_stops_the_run(pool: ThreadPoolExecutor) -> None:
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        time.sleep(0.05)
+        return {"value": value + 1}
+
+    sink = _TickFails()
+    with pytest.raises(RuntimeError, match="the flush failed"):
+        WorkflowExecutor(pool).execute(_chain(20, step), request(), sink)
+    started = len(sink.of("started"))
+    assert started < 20
+    time.sleep(0.3)
+    # The pool thread that was running the chain goes no further.
+    assert len(sink.of("started")) == started
+
+
+@pytest.mark.timeout(10)
+def test_a_cycle_raises_instead_of_hanging(pool: ThreadPoolExecutor) -> None:
+    def step(ctx: Any, params: P, value: int) -> dict[str, object]:
+        return {"value": value + 1}
+
+    wf = _chain(2, step)
+    # parse_workflow refuses cycles; a hand-made Workflow can still hold one.
+    a = dataclasses.replace(wf.nodes["s1"], wires={"value": Wire(node="s2", port="value")})
+    looped = Workflow({**wf.nodes, "s1": a}, wf.order)
+    with pytest.raises(graphlib.CycleError):
+        WorkflowExecutor(pool).execute(looped, request())

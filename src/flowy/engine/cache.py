@@ -2,8 +2,11 @@
 
 As in ComfyUI, a node's key is a hash of its type and version, its canonical params, the
 caller's value for input nodes, and the keys of the upstream results it consumes.  The
-outputs of a node that is not deterministic (a fetched image) are keyed by their content,
-so a downstream node is reused exactly when what it would compute is the same.
+outputs of a node that is not deterministic (a fetched file) are keyed by their content,
+so a downstream node is reused exactly when what it would compute is the same.  A value
+made from source bytes by a fixed, versioned function (an image decoded from its file) is
+keyed by those bytes instead (:func:`source_key`), which costs a hash of the file rather
+than the decoding and a hash of the pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Protocol
 from PIL import Image
 from pydantic import BaseModel
 
+from flowy.engine.lazy import Lazy
 from flowy.engine.spec import SKIP, Artifact
 
 
@@ -55,10 +59,22 @@ def port_key(node_key: str, port: str) -> str:
     return _digest(b"port", node_key.encode(), port.encode())
 
 
+def source_key(maker: str, data: bytes) -> str:
+    """The key of the value that ``maker`` makes from ``data``.
+
+    ``maker`` names the function and its version (``"image:<decoder version>"``): equal
+    bytes through the same maker give equal values, so the key stands for the value
+    before it is made.  Any change to the bytes, one pixel of a PNG, changes the key.
+    """
+    return _digest(b"source", maker.encode(), data)
+
+
 def value_key(value: object) -> str:
     """A key for a value from its content (for outputs of non-deterministic nodes)."""
     if value is SKIP:
         return "skip"
+    if isinstance(value, Lazy):
+        return value.key
     if isinstance(value, Image.Image):
         return _digest(b"image", value.mode.encode(), repr(value.size).encode(), value.tobytes())
     if isinstance(value, Artifact):

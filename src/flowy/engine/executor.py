@@ -2,26 +2,28 @@
 
 The executor imports no web framework, database or queue.  It reports through an
 :class:`EventSink` and stops when its :class:`CancelToken` is set.  Scheduling follows
-``graphlib.TopologicalSorter``'s ready set, so a slow branch never holds back a fast
-one; the scheduler thread waits on the running nodes with a short timeout so that node
-deadlines, the run deadline and cancellation are enforced even while no node finishes.
+the graph's ready set, as ``graphlib.TopologicalSorter`` would, so a slow branch never
+holds back a fast one.  The thread that finishes a node starts the nodes it made ready
+(running the next one itself, so a chain never changes threads), while the calling
+thread keeps watch: it wakes every WATCH_INTERVAL to enforce node deadlines, the run
+deadline and cancellation even while no node finishes.
 """
 
 from __future__ import annotations
 
 import graphlib
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from flowy.engine.cache import ResultCache, cache_key, content_key, port_key
 from flowy.engine.graph import BoundNode, Workflow
+from flowy.engine.lazy import Lazy, resolve
 from flowy.engine.spec import SKIP, MediaSource, SecretSource
 from flowy.errors import NodeError, NodeTimeout, RunCanceled
 from flowy.media.fetch import FetchPolicy
@@ -31,12 +33,18 @@ logger = logging.getLogger(__name__)
 #: Longest log line a node may send; the rest is cut.
 MAX_LOG_LINE = 2000
 
-#: How often the scheduler looks at deadlines and the cancel token while nodes run.
+#: How often the watchdog looks at deadlines and the cancel token while nodes run.
 WATCH_INTERVAL = 0.1
 
 
 class EventSink(Protocol):
-    """Receives per-node state changes as they happen."""
+    """Receives per-node state changes as they happen, from several threads.
+
+    ``node_started``, ``node_finished`` and ``node_skipped`` come one at a time, in graph
+    order, from whichever thread schedules the node (often a pool thread); progress and
+    log lines come from the node's own thread, ``tick`` from the thread that called
+    :meth:`WorkflowExecutor.execute`.  A sink must therefore be thread-safe.
+    """
 
     def node_started(self, node_id: str) -> None: ...
 
@@ -51,8 +59,8 @@ class EventSink(Protocol):
     def node_log(self, node_id: str, message: str) -> None: ...
 
     def tick(self) -> None:
-        """Called by the scheduler at least every WATCH_INTERVAL while the run goes on
-        (a sink may batch its writes and flush them here)."""
+        """Called by the watchdog every WATCH_INTERVAL while the run goes on (a sink may
+        batch its writes and flush them here)."""
         ...
 
 
@@ -199,6 +207,9 @@ def _invoke(
         hit = cache.get(key)
         if hit is not None:
             return _Result(hit, {p: port_key(key, p) for p in hit}, True)
+    # The node runs: make the values that were left for first use (a decoded image).
+    if any(isinstance(v, Lazy) for v in kwargs.values()):
+        kwargs = {name: resolve(v) for name, v in kwargs.items()}
     result = b.type.run(ctx, b.params, **kwargs)
     if key is None:
         return _Result(result, content_key(result) if cache is not None else {}, False)
@@ -208,33 +219,20 @@ def _invoke(
     return _Result(result, {p: port_key(key, p) for p in result}, False)
 
 
-#: What a pool thread hands back: the node id, and its result or what it raised.
-_Outcome = tuple[str, "_Result | None", "BaseException | None"]
-
-
-def _run_on_pool(
-    put: Callable[[_Outcome], None],
-    b: BoundNode,
-    ctx: _Context,
-    kwargs: Mapping[str, object],
-    key: str | None,
-    cache: ResultCache | None,
-) -> None:
-    """A pool thread's job: run the node and put its outcome on the scheduler's queue."""
-    try:
-        res = _invoke(b, ctx, kwargs, key, cache)
-    except BaseException as exc:  # handed to the scheduler thread, which reports it
-        put((b.id, None, exc))
-        return
-    put((b.id, res, None))
+#: A started pool node, ready to run: the node, its context, its inputs and its cache key.
+_Job = tuple[BoundNode, _Context, dict[str, object], str | None]
 
 
 class WorkflowExecutor:
     """Runs workflows on a shared thread pool, at most ``concurrency`` nodes of a run at once.
 
-    Nodes whose type is marked ``inline`` run on the scheduler thread itself (still one of
-    the ``concurrency`` slots, through the same cache); the rest run on the pool, and each
-    puts its outcome on a queue that the scheduler thread blocks on.
+    The thread that finishes a node schedules the nodes it made ready: it runs the first
+    pool node itself and submits the others while slots are free, so a chain stays on one
+    pool thread instead of paying a hand-off per node.  Nodes whose type is marked
+    ``inline`` run on the scheduling thread (the caller's at the start), still in one of
+    the ``concurrency`` slots and through the same cache.  The calling thread is the
+    watchdog: it waits for the run to end and, every WATCH_INTERVAL, enforces node
+    deadlines, the run deadline and the cancel token, and calls the sink's ``tick``.
     """
 
     def __init__(self, pool: Executor, *, concurrency: int = 4) -> None:
@@ -252,8 +250,15 @@ class WorkflowExecutor:
         sink = sink or NullSink()
         nodes = workflow.nodes
         sources = workflow.sources
-        sorter = graphlib.TopologicalSorter(sources)
-        sorter.prepare()
+        # The ready set by hand: graphlib's own bookkeeping and cycle search cost more than
+        # the nodes here, and parse_workflow() already refused cycles.
+        successors: dict[str, list[str]] = {nid: [] for nid in sources}
+        for nid, srcs in sources.items():
+            for src in srcs:
+                successors[src].append(nid)
+        # How many predecessors each node still waits for.
+        blockers = {nid: len(srcs) for nid, srcs in sources.items()}
+        unfinished = len(blockers)
         # How many consumers still need each node's values, to free images early.
         consumers = dict(workflow.consumer_counts)
         cache = request.cache
@@ -265,13 +270,20 @@ class WorkflowExecutor:
         values: dict[str, Mapping[str, object]] = {}
         keys: dict[str, Mapping[str, str]] = {}
         outputs: dict[str, object] = {}
-        # node id -> (its future, its deadline); nodes on the pool only.
-        running: dict[str, tuple[Future[None], float]] = {}
+        # Pool nodes started and not finished (queued, running or next on a thread), with
+        # their deadlines; a node takes its slot from start to finish.
+        running: dict[str, float] = {}
         waiting: deque[str] = deque()
-        finished: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
-        put = finished.put
+        submitted: list[Future[None]] = []
+        # Guards the run's state above.  The sink's started / finished / skipped events are
+        # sent under it too, so they stay in graph order whichever thread sends them.
+        lock = threading.Lock()
+        ended = threading.Event()  # every node finished, or the run failed, or execute() left
+        over = ended.is_set
+        failure: BaseException | None = None  # what ended the run early, first one wins
 
         def complete(nid: str, result: Mapping[str, object], port_keys: Mapping[str, str]) -> None:
+            nonlocal unfinished
             b = nodes[nid]
             values[nid] = result
             if cache is not None:
@@ -283,7 +295,12 @@ class WorkflowExecutor:
                 consumers[src] = left
                 if left == 0:
                     values.pop(src, None)
-            sorter.done(nid)
+            unfinished -= 1
+            for nxt in successors[nid]:
+                left = blockers[nxt] - 1
+                blockers[nxt] = left
+                if left == 0:
+                    waiting.append(nxt)
 
         def finish(b: BoundNode, res: _Result) -> None:
             if not res.values.keys() >= b.type.outputs.keys():
@@ -292,8 +309,9 @@ class WorkflowExecutor:
             sink.node_finished(b.id, cached=res.cached)
             complete(b.id, res.values, res.keys)
 
-        def start(nid: str, now: float) -> bool:
-            """Start a node; True if it already finished here (inline or skipped)."""
+        def start(nid: str, now: float) -> _Job | None:
+            """Start a node (lock held): its pool job, or None if it finished here (inline
+            or skipped)."""
             b = nodes[nid]
             bt = b.type
             kwargs: dict[str, object] = {}
@@ -307,7 +325,7 @@ class WorkflowExecutor:
                             {p: SKIP for p in (*bt.outputs, "value")},
                             dict.fromkeys(bt.outputs, "skip"),
                         )
-                        return True
+                        return None
                     value = None
                 kwargs[name] = value
             key = None
@@ -338,72 +356,117 @@ class WorkflowExecutor:
                 except Exception as exc:
                     raise self._fail(b, exc, sink) from None
                 finish(b, res)
-                return True
-            timeout = bt.timeout_seconds or request.node_timeout
-            fut = submit(_run_on_pool, put, b, ctx, kwargs, key, cache)
-            running[nid] = (fut, now + timeout)
-            return False
+                return None
+            running[nid] = now + (bt.timeout_seconds or request.node_timeout)
+            return (b, ctx, kwargs, key)
 
-        next_watch = 0.0
-        try:
-            while sorter.is_active():
-                now = time.monotonic()
-                if token.canceled or (run_deadline is not None and now > run_deadline):
-                    self._watch(workflow, request, running, sink, now)
-                waiting.extend(sorter.get_ready())
-                ran_here = False
-                while waiting and len(running) < concurrency:
-                    if start(waiting.popleft(), now):
-                        ran_here = True
-                if running:
+        def launch(keep: bool) -> _Job | None:
+            """Start waiting nodes while slots are free (lock held); end the run if none is left.
+
+            Inline and skipped nodes finish here.  With ``keep`` (on a pool thread), the
+            first pool node is returned for this thread to run next; the others are
+            submitted to the pool.
+            """
+            now = time.monotonic()
+            if token.canceled or (run_deadline is not None and now > run_deadline):
+                self._watch(workflow, request, running, sink, now)
+            kept = None
+            while waiting and len(running) < concurrency:
+                job = start(waiting.popleft(), now)
+                if job is None:
+                    continue
+                if keep and kept is None:
+                    kept = job
+                else:
+                    submitted.append(submit(drive, job))
+            if not running and not waiting:
+                if unfinished:  # nothing runs and nothing can start: not a DAG
+                    cycle = [nid for nid, left in blockers.items() if left]
+                    raise graphlib.CycleError("nodes are in a cycle", cycle)
+                ended.set()
+            return kept
+
+        def stop(exc: BaseException) -> None:
+            """End the run early with ``exc`` (lock held)."""
+            nonlocal failure
+            if failure is None:
+                failure = exc
+            ended.set()
+
+        def drive(job: _Job) -> None:
+            """A pool thread's work: run the node, finish it, and go on with the next ready
+            node, until none is left for this thread or the run ended."""
+            while True:
+                b, ctx, kwargs, key = job
+                if over():
+                    return  # the run ended while this job waited for a thread
+                try:
+                    res: _Result | BaseException = _invoke(b, ctx, kwargs, key, cache)
+                except BaseException as exc:  # reported below, under the lock
+                    res = exc
+                with lock:
+                    if over():
+                        return  # the run ended while the node ran: nobody wants its result
                     try:
-                        # Nodes that ran here (inline, skipped) may have readied others:
-                        # only look at the queue then; otherwise wait for a node to finish.
-                        if ran_here:
-                            outcome = finished.get_nowait()
-                        else:
-                            outcome = finished.get(timeout=WATCH_INTERVAL)
-                    except queue.Empty:
-                        outcome = None
-                    while outcome is not None:
-                        nid, res, exc = outcome
-                        del running[nid]
-                        b = nodes[nid]
-                        if exc is not None:
-                            raise self._fail(b, exc, sink)
-                        assert res is not None
+                        del running[b.id]
+                        if isinstance(res, BaseException):
+                            raise self._fail(b, res, sink)
                         finish(b, res)
-                        try:
-                            outcome = finished.get_nowait()
-                        except queue.Empty:
-                            outcome = None
-                    now = time.monotonic()
-                if now >= next_watch:
-                    # Node deadlines and the sink's tick: at least every WATCH_INTERVAL
-                    # (the queue wait's timeout), at most every WATCH_INTERVAL / 10.
-                    self._watch(workflow, request, running, sink, now)
-                    sink.tick()
-                    next_watch = now + WATCH_INTERVAL / 10
+                        # Not to hold the result while the next node runs: its consumers
+                        # may all finish on other threads meanwhile.
+                        del res
+                        kept = launch(keep=True)
+                    except BaseException as exc:  # raised by execute() on the calling thread
+                        stop(exc)
+                        return
+                if kept is None:
+                    return
+                job = kept
+
+        try:
+            with lock:
+                try:
+                    waiting.extend(nid for nid, left in blockers.items() if not left)
+                    launch(keep=False)
+                except BaseException as exc:
+                    stop(exc)
+            while not ended.wait(WATCH_INTERVAL):
+                with lock:
+                    if over():
+                        break  # it ended while this thread took the lock
+                    try:
+                        self._watch(workflow, request, running, sink, time.monotonic())
+                    except RunFailed as exc:
+                        stop(exc)
+                        break
+                sink.tick()
+            with lock:
+                if failure is not None:
+                    raise failure
         except RunFailed as failed:
             failed.outputs = dict(outputs)
             raise
         finally:
-            if running:
-                # Cooperative nodes stop at their next check; the rest finish unobserved.
-                token.cancel(token.reason)
-                for fut, _deadline in running.values():
-                    fut.cancel()
+            with lock:
+                ended.set()  # however execute() leaves, pool threads start nothing more
+                if running:
+                    # Cooperative nodes stop at their next check; the rest finish unobserved.
+                    token.cancel(token.reason)
+                    for fut in submitted:
+                        fut.cancel()
         return outputs
 
     def _watch(
         self,
         workflow: Workflow,
         request: RunRequest,
-        running: Mapping[str, tuple[Future[None], float]],
+        running: Mapping[str, float],
         sink: EventSink,
         now: float,
     ) -> None:
-        for nid, (_fut, node_deadline) in running.items():
+        """Raise RunFailed if the run was canceled or passed its deadline, or a node its own
+        (naming a running node when there is one)."""
+        for nid, node_deadline in running.items():
             b = workflow.nodes[nid]
             if request.token.canceled:
                 raise self._fail(b, RunCanceled(request.token.reason, nid), sink)

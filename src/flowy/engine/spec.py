@@ -145,9 +145,9 @@ class NodeType:
     ...); ``output_kind`` the nodes that become its outputs (``image``, ``text``, ``json``).
 
     ``inline`` promises that the node is cheap and never blocks (no I/O, no sleeping, no
-    heavy computation): the executor then runs it on its scheduler thread, skipping the
-    thread-pool hop.  Its ``timeout_seconds`` is not enforced while it runs (nothing can
-    stop a call on the scheduler thread), so never mark a node inline that might block.
+    heavy computation): the executor then runs it on the thread that made it ready,
+    skipping the thread-pool hop.  Its ``timeout_seconds`` is not enforced while it runs
+    (nothing can stop a call in progress), so never mark a node inline that might block.
     """
 
     type: str

@@ -14,6 +14,7 @@ import warnings
 from typing import Final
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flowy.errors import MediaError
@@ -40,7 +41,34 @@ _ALPHA_MODES: Final[frozenset[str]] = frozenset({"RGBA", "RGBa", "LA", "La", "PA
 _WIDE_GREY_MODES: Final[frozenset[str]] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
+#: Names what :func:`decode_image` makes of given bytes.  Images are cached by their
+#: source bytes under this name, so it changes whenever the same bytes could decode to
+#: other pixels: a change to decode_image (bump the number) or another Pillow.
+DECODER_VERSION: Final[str] = f"decode_image-1/pillow-{PIL.__version__}"
+
+
 # --------------------------------------------------------------------------- decoding
+
+
+def probe_image(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """Check ``data`` the way :func:`decode_image` would, from the header alone, and
+    return the stored width and height.  Decodes no pixel data, so it is cheap.
+
+    Raises:
+        MediaError: as :func:`decode_image` does for content that is not an image in an
+            allowed format or is too large.  Damage further into the pixel data shows
+            only when the image is decoded.
+    """
+    if not data:
+        raise MediaError("not a decodable image: the input is empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = _open(data, max_pixels=max_pixels)
+    for warning in caught:
+        logger.debug("pillow warning while probing: %s", warning.message)
+    size: tuple[int, int] = image.size
+    image.close()
+    return size
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -76,6 +104,21 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
 
 def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open ``data``, enforce the pixel limit from the header, then decode the pixels."""
+    image = _open(data, max_pixels=max_pixels)
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"image is too large: {exc}") from exc
+    except Exception as exc:
+        raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
+    # Some plugins (ICO-like containers, TIFF) may settle on a different frame size while
+    # loading; the limit is about what we now hold in memory, so check again.
+    _check_pixels(image.size, max_pixels)
+    return image
+
+
+def _open(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Open ``data`` (header only) and enforce the pixel limit on its declared size."""
     try:
         image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -88,15 +131,6 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
         raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
 
     # Image.open only parsed the header: the size is known, no pixels were inflated yet.
-    _check_pixels(image.size, max_pixels)
-    try:
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"image is too large: {exc}") from exc
-    except Exception as exc:
-        raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
-    # Some plugins (ICO-like containers, TIFF) may settle on a different frame size while
-    # loading; the limit is about what we now hold in memory, so check again.
     _check_pixels(image.size, max_pixels)
     return image
 

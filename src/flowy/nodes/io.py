@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowy.engine.cache import source_key
 from flowy.engine.inputs import (
     BooleanInputParams,
     ChoiceInputParams,
@@ -17,10 +19,11 @@ from flowy.engine.inputs import (
     NumberInputParams,
     TextInputParams,
 )
+from flowy.engine.lazy import Lazy
 from flowy.engine.spec import SKIP, Artifact, NodeContext, Port, node
 from flowy.errors import MediaError, NodeError
+from flowy.media.decode import DECODER_VERSION, encode_image, probe_image
 from flowy.media.decode import decode_image as _decode
-from flowy.media.decode import encode_image
 from flowy.media.sniff import extension_for, sniff_content_type
 
 
@@ -107,7 +110,23 @@ def image_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]
         return {"image": SKIP}
     data = ctx.media.read(str(url))
     ctx.check_canceled()
-    return {"image": _decode(data, max_pixels=ctx.max_pixels)}
+    # What is not an image, or too large, fails here, naming this node: the header tells.
+    probe_image(data, max_pixels=ctx.max_pixels)
+    # The pixels are decoded only for a node that runs: a repeat run whose every reader
+    # of this image is served from the result cache never decodes it.
+    key = source_key(f"image:{DECODER_VERSION}", data)
+    return {"image": Lazy(key, _decoder(data, ctx.max_pixels, ctx.node_id))}
+
+
+def _decoder(data: bytes, max_pixels: int, node_id: str) -> Callable[[], Image.Image]:
+    def decode() -> Image.Image:
+        try:
+            return _decode(data, max_pixels=max_pixels)
+        except MediaError as exc:
+            # Raised in the node that reads the image: say where the image came from.
+            raise MediaError(f"{exc.message} (the image of input {node_id})") from exc
+
+    return decode
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")

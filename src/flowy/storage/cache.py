@@ -3,7 +3,14 @@
 Entries are content-addressed by the engine's cache key, so they survive restarts and
 can be shared by workers on one disk.  The store is bounded: past ``max_bytes`` the least
 recently used entries are deleted.  Values are written in a plain format (a JSON header
-and raw bytes), never pickled: a cache file is data, not code.
+and raw bytes, under a CRC-32), never pickled: a cache file is data, not code, and a
+damaged one reads as a miss.
+
+Writing an entry (megabytes of pixels) costs a run more than computing many nodes, so
+:meth:`DiskResultCache.put` only hands the values to a background writer.  Until the file
+is in place a ``get`` answers from the values waiting to be written; when the writer
+falls behind by more than ``max_pending_bytes`` the caller writes its entry itself, so
+memory stays bounded and no entry is dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import re
 import struct
 import tempfile
 import threading
+import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,11 +36,16 @@ from flowy.engine.spec import SKIP, Artifact
 logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
-_MAGIC = b"FLOWYC1\n"
+_MAGIC = b"FLOWYC2\n"
+# After the magic: the header's length and the CRC-32 of everything that follows.
+_PREFIX = struct.Struct("<QI")
+_TMP_PREFIX = ".tmp-"
+#: A temporary file older than this is left over from a writer that died.
+_STALE_TMP_SECONDS = 600.0
 
 
-def encode_values(values: Mapping[str, object]) -> bytes | None:
-    """Serialize node outputs; None when a value has no stable form (never cached)."""
+def _parts(values: Mapping[str, object]) -> list[bytes] | None:
+    """The pieces of an entry's file, in order; None when a value has no stable form."""
     header: dict[str, dict[str, object]] = {}
     blobs: list[bytes] = []
     offset = 0
@@ -66,17 +80,44 @@ def encode_values(values: Mapping[str, object]) -> bytes | None:
         blobs.append(raw)
         offset += len(raw)
     head = json.dumps(header).encode()
-    return _MAGIC + struct.pack("<Q", len(head)) + head + b"".join(blobs)
+    crc = zlib.crc32(head)
+    for blob in blobs:
+        crc = zlib.crc32(blob, crc)
+    return [_MAGIC + _PREFIX.pack(len(head), crc), head, *blobs]
+
+
+def encode_values(values: Mapping[str, object]) -> bytes | None:
+    """Serialize node outputs; None when a value has no stable form (never cached)."""
+    parts = _parts(values)
+    return None if parts is None else b"".join(parts)
 
 
 def decode_values(data: bytes) -> dict[str, object]:
     """Inverse of :func:`encode_values`; ValueError for a damaged entry."""
     if not data.startswith(_MAGIC):
         raise ValueError("not a cache entry")
-    (n,) = struct.unpack_from("<Q", data, len(_MAGIC))
-    start = len(_MAGIC) + 8
-    header = json.loads(data[start : start + n])
-    body = memoryview(data)[start + n :]
+    start = len(_MAGIC) + _PREFIX.size
+    if len(data) < start:
+        raise ValueError("truncated cache entry")
+    n, crc = _PREFIX.unpack_from(data, len(_MAGIC))
+    rest = memoryview(data)[start:]
+    if zlib.crc32(rest) != crc:
+        raise ValueError("cache entry fails its checksum")
+    try:
+        return _decode_checked(rest, n)
+    except ValueError:
+        raise
+    except Exception as exc:
+        # The checksum passed, so this is a file from another version of this format:
+        # whatever it trips (KeyError, TypeError, ...) still just means "not usable".
+        raise ValueError(f"unreadable cache entry: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_checked(rest: memoryview, n: int) -> dict[str, object]:
+    header = json.loads(bytes(rest[:n]))
+    if not isinstance(header, dict):
+        raise ValueError("unreadable cache entry header")
+    body = rest[n:]
     out: dict[str, object] = {}
     for port, h in header.items():
         kind = h["t"]
@@ -84,7 +125,7 @@ def decode_values(data: bytes) -> dict[str, object]:
             out[port] = SKIP
         elif kind == "json":
             out[port] = h["v"]
-        else:
+        elif kind in ("image", "artifact"):
             raw = bytes(body[h["off"] : h["off"] + h["len"]])
             if len(raw) != h["len"]:
                 raise ValueError("truncated cache entry")
@@ -92,29 +133,75 @@ def decode_values(data: bytes) -> dict[str, object]:
                 out[port] = Image.frombytes(h["mode"], tuple(h["size"]), raw)
             else:
                 out[port] = Artifact(raw, h["ct"], h["fn"])
+        else:
+            raise ValueError(f"unknown value kind {kind!r} in cache entry")
     return out
 
 
-class DiskResultCache:
-    """A bounded :class:`~flowy.engine.cache.ResultCache` in a directory."""
+def _size_hint(values: Mapping[str, object]) -> int | None:
+    """About how many bytes the entry of ``values`` takes, without encoding any pixels;
+    None when a value has no stable form."""
+    total = 0
+    for value in values.values():
+        if value is SKIP:
+            continue
+        if isinstance(value, Image.Image):
+            total += value.width * value.height * len(value.getbands())
+        elif isinstance(value, Artifact):
+            total += len(value.data)
+        else:
+            try:
+                total += len(json.dumps(value))
+            except (TypeError, ValueError):
+                return None
+    return total
 
-    def __init__(self, root: Path, max_bytes: int, memory_entries: int = 32) -> None:
+
+class DiskResultCache:
+    """A bounded :class:`~flowy.engine.cache.ResultCache` in a directory.
+
+    ``put`` returns at once and a background thread writes the entry (see the module's
+    docstring); :meth:`flush` waits until every entry handed over is on disk.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        memory_entries: int = 32,
+        max_pending_bytes: int | None = None,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.memory = MemoryResultCache(memory_entries)
+        #: How many bytes of entries may wait for the writer before ``put`` writes itself.
+        self.max_pending_bytes = max_bytes // 4 if max_pending_bytes is None else max_pending_bytes
         self._lock = threading.Lock()
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._total = 0
+        # Entries handed to the writer and not yet on disk: key -> (values, size hint).
+        self._pending: OrderedDict[str, tuple[Mapping[str, object], int]] = OrderedDict()
+        self._pending_bytes = 0
+        self._writer: threading.Thread | None = None
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
         root.mkdir(parents=True, exist_ok=True)
         self._scan()
 
     def _scan(self) -> None:
         entries = []
+        stale = time.time() - _STALE_TMP_SECONDS
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if _KEY.match(name):
-                    st = os.stat(os.path.join(dirpath, name))
-                    entries.append((st.st_mtime, name, st.st_size))
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                    if _KEY.match(name):
+                        entries.append((st.st_mtime, name, st.st_size))
+                    elif name.startswith(_TMP_PREFIX) and st.st_mtime < stale:
+                        os.unlink(path)  # a writer died mid-entry (the process was killed)
+                except FileNotFoundError:
+                    continue  # another process sharing the directory removed it
         for _mtime, name, size in sorted(entries):
             self._sizes[name] = size
             self._total += size
@@ -129,12 +216,17 @@ class DiskResultCache:
             return hit
         if not _KEY.match(key):
             return None
+        with self._lock:
+            queued = self._pending.get(key)
+        if queued is not None:  # handed to the writer, not yet on disk
+            self.memory.put(key, queued[0])
+            return queued[0]
         try:
             data = self._path(key).read_bytes()
             values = decode_values(data)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, OSError):
+        except (ValueError, OSError):
             logger.warning("dropping damaged cache entry %s", key)
             self._forget(key)
             return None
@@ -145,23 +237,84 @@ class DiskResultCache:
     def put(self, key: str, values: Mapping[str, object]) -> None:
         if not _KEY.match(key):
             return
-        data = encode_values(values)
-        if data is None or len(data) > self.max_bytes // 4:
+        size = _size_hint(values)
+        if size is None or size > self.max_bytes // 4:
             return  # no stable form, or too big to be worth a quarter of the cache
         self.memory.put(key, values)
+        with self._lock:
+            if self._closed or key in self._pending:
+                return  # shut down; or the same key, so the same content, is queued already
+            if self._pending and self._pending_bytes + size > self.max_pending_bytes:
+                behind = True
+            else:
+                behind = False
+                self._pending[key] = (values, size)
+                self._pending_bytes += size
+                if self._writer is None:
+                    # Not a daemon: at exit the interpreter waits for what is queued
+                    # (at most max_pending_bytes), and the thread ends once it is idle.
+                    self._writer = threading.Thread(target=self._drain, name="flowy-cache-writer")
+                    self._writer.start()
+        if behind:
+            # The writer is this far behind: write here rather than hold more in memory.
+            self._write(key, values)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every entry handed to ``put`` is written; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._writer is None, timeout)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Write what is queued, then write no more (later puts stay in memory): call it
+        when shutting down, before the data directory may go.  False on timeout."""
+        with self._lock:
+            self._closed = True
+        return self.flush(timeout)
+
+    def _drain(self) -> None:
+        """The writer thread: write pending entries oldest first, then end."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    self._idle.notify_all()
+                    return
+                key, (values, _size) = next(iter(self._pending.items()))
+            try:
+                self._write(key, values)
+            except Exception:  # never let one entry stop the writer (and hang flush)
+                logger.exception("could not write cache entry %s", key)
+            finally:
+                # Only now: until the file is in place, get() answers from _pending.
+                with self._lock:
+                    _values, size = self._pending.pop(key)
+                    self._pending_bytes -= size
+
+    def _write(self, key: str, values: Mapping[str, object]) -> None:
+        parts = _parts(values)
+        if parts is None:
+            return
+        length = sum(len(p) for p in parts)
+        if length > self.max_bytes // 4:
+            return
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for part in parts:
+                        f.write(part)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
         except OSError:
             logger.warning("could not write cache entry %s", key, exc_info=True)
             return
         with self._lock:
-            self._total += len(data) - self._sizes.pop(key, 0)
-            self._sizes[key] = len(data)
+            self._total += length - self._sizes.pop(key, 0)
+            self._sizes[key] = length
             victims = []
             while self._total > self.max_bytes and self._sizes:
                 victim, size = self._sizes.popitem(last=False)

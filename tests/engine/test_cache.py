@@ -1,0 +1,291 @@
+"""Cache keys and lazily decoded image inputs, seen from runs of real nodes."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import flowy.nodes.io as io_nodes
+from flowy.engine.cache import MemoryResultCache, ResultCache, source_key, value_key
+from flowy.engine.executor import RunFailed, RunRequest, WorkflowExecutor
+from flowy.engine.graph import Workflow, parse_workflow
+from flowy.engine.lazy import Lazy
+from flowy.engine.registry import default_registry
+from flowy.engine.spec import Artifact
+from flowy.errors import MediaError
+from flowy.media.decode import decode_image, encode_image
+from flowy.storage.cache import DiskResultCache
+
+
+def _png(seed: int = 0, size: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _one_pixel_off(png: bytes) -> bytes:
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    r, g, b = img.getpixel((3, 4))  # type: ignore[misc]
+    img.putpixel((3, 4), ((r + 1) % 256, g, b))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Media:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def read(self, value: str) -> bytes:
+        if value not in self.files:
+            raise MediaError(f"no such file {value}")
+        return self.files[value]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.cached: set[str] = set()
+        self.finished: set[str] = set()
+
+    def node_started(self, node_id: str) -> None:
+        pass
+
+    def node_progress(self, node_id: str, fraction: float) -> None:
+        pass
+
+    def node_finished(
+        self, node_id: str, *, error: str | None = None, cached: bool = False
+    ) -> None:
+        self.finished.add(node_id)
+        if cached:
+            self.cached.add(node_id)
+
+    def node_skipped(self, node_id: str) -> None:
+        pass
+
+    def node_log(self, node_id: str, message: str) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+
+def _wire(node: str, port: str = "image") -> dict[str, str]:
+    return {"node": node, "port": port}
+
+
+#: One photo read by two nodes, each feeding an image output.
+WORKFLOW = {
+    "nodes": [
+        {"id": "photo", "type": "input.image_url", "params": {"required": True}},
+        {"id": "grey", "type": "image.grayscale", "inputs": {"image": _wire("photo")}},
+        {
+            "id": "flip",
+            "type": "image.flip",
+            "params": {"direction": "vertical"},
+            "inputs": {"image": _wire("photo")},
+        },
+        {"id": "out_grey", "type": "output.image", "inputs": {"image": _wire("grey")}},
+        {"id": "out_flip", "type": "output.image", "inputs": {"image": _wire("flip")}},
+    ]
+}
+DOWNSTREAM = {"grey", "flip", "out_grey", "out_flip"}
+
+
+@pytest.fixture(scope="module")
+def workflow() -> Workflow:
+    return parse_workflow(WORKFLOW, default_registry(load_entry_points=False))
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    p = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-node")
+    yield p
+    p.shutdown(wait=True)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the image input's decoder and the image output's encoder ran."""
+    counts = {"decode": 0, "encode": 0}
+
+    def counting(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(io_nodes, "_decode", counting("decode", decode_image))
+    monkeypatch.setattr(io_nodes, "encode_image", counting("encode", encode_image))
+    return counts
+
+
+def _run(
+    pool: ThreadPoolExecutor,
+    workflow: Workflow,
+    files: dict[str, bytes],
+    url: str,
+    cache: ResultCache | None,
+    max_pixels: int = 64_000_000,
+) -> tuple[dict[str, object], Sink]:
+    sink = Sink()
+    request = RunRequest("run_1", {"photo": url}, Media(files), max_pixels=max_pixels, cache=cache)
+    return WorkflowExecutor(pool).execute(workflow, request, sink), sink
+
+
+def _pixels(out: object) -> bytes:
+    assert isinstance(out, Artifact)
+    return Image.open(io.BytesIO(out.data)).tobytes()
+
+
+# --------------------------------------------------------------------------- repeat runs
+
+
+def test_a_repeat_run_neither_decodes_nor_encodes(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
+) -> None:
+    files = {"a": _png(1)}
+    cache = MemoryResultCache()
+    first, sink = _run(pool, workflow, files, "a", cache)
+    assert calls == {"decode": 1, "encode": 2}  # two readers, one decode
+    assert not sink.cached
+    second, sink = _run(pool, workflow, files, "a", cache)
+    assert sink.cached == DOWNSTREAM
+    assert calls == {"decode": 1, "encode": 2}  # nothing decoded or encoded again
+    assert second == first
+
+
+def test_one_pixel_different_upload_misses(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
+) -> None:
+    png = _png(2)
+    files = {"a": png, "b": _one_pixel_off(png)}
+    cache = MemoryResultCache()
+    first, _ = _run(pool, workflow, files, "a", cache)
+    second, sink = _run(pool, workflow, files, "b", cache)
+    assert not sink.cached
+    assert calls["decode"] == 2
+    for out in ("out_grey", "out_flip"):
+        assert _pixels(second[out]) != _pixels(first[out])
+
+
+def test_the_same_bytes_under_another_url_hit(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
+) -> None:
+    png = _png(3)
+    files = {"https://a.test/me.png": png, "data:image/png;base64,x": png}
+    cache = MemoryResultCache()
+    first, _ = _run(pool, workflow, files, "https://a.test/me.png", cache)
+    second, sink = _run(pool, workflow, files, "data:image/png;base64,x", cache)
+    assert sink.cached == DOWNSTREAM and calls["decode"] == 1
+    assert second == first
+
+
+def test_a_repeat_run_hits_the_disk_after_a_restart(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int], tmp_path: Path
+) -> None:
+    files = {"a": _png(4)}
+    cache = DiskResultCache(tmp_path, max_bytes=1 << 26)
+    first, _ = _run(pool, workflow, files, "a", cache)
+    assert cache.flush(timeout=10)
+    restarted = DiskResultCache(tmp_path, max_bytes=1 << 26)  # nothing in memory
+    second, sink = _run(pool, workflow, files, "a", restarted)
+    assert sink.cached == DOWNSTREAM and calls == {"decode": 1, "encode": 2}
+    assert second == first
+
+
+def test_without_a_cache_the_image_is_decoded_for_its_readers(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
+) -> None:
+    png = _png(5)
+    out, _ = _run(pool, workflow, {"a": png}, "a", None)
+    src = Image.open(io.BytesIO(png)).convert("RGB")
+    assert _pixels(out["out_flip"]) == src.transpose(Image.Transpose.FLIP_TOP_BOTTOM).tobytes()
+    assert calls["decode"] == 1
+
+
+# --------------------------------------------------------------------------- bad images
+
+
+def test_what_is_not_an_image_fails_at_the_input_node(
+    pool: ThreadPoolExecutor, workflow: Workflow
+) -> None:
+    with pytest.raises(RunFailed) as caught:
+        _run(pool, workflow, {"a": b"just some text"}, "a", MemoryResultCache())
+    assert caught.value.node_id == "photo"
+    assert "not a decodable image" in caught.value.error
+
+
+def test_a_too_large_image_fails_at_the_input_node_even_when_cached(
+    pool: ThreadPoolExecutor, workflow: Workflow
+) -> None:
+    files = {"a": _png(6, size=48)}
+    cache = MemoryResultCache()
+    _run(pool, workflow, files, "a", cache)
+    with pytest.raises(RunFailed) as caught:
+        _run(pool, workflow, files, "a", cache, max_pixels=48 * 47)
+    assert caught.value.node_id == "photo" and "image is too large" in caught.value.error
+
+
+def test_damaged_pixel_data_fails_in_the_reader_naming_the_input(
+    pool: ThreadPoolExecutor, workflow: Workflow
+) -> None:
+    png = _png(7, size=200)
+    cut = png[: len(png) // 2]  # the header is whole, the pixel data is not
+    with pytest.raises(RunFailed) as caught:
+        _run(pool, workflow, {"a": cut}, "a", MemoryResultCache())
+    assert caught.value.node_id in ("grey", "flip")
+    assert "not a decodable image" in caught.value.error
+    assert "(the image of input photo)" in caught.value.error
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_source_keys_follow_every_byte_and_the_maker() -> None:
+    png = _png(8)
+    assert source_key("image:1", png) == source_key("image:1", bytes(png))
+    assert source_key("image:1", png) != source_key("image:1", _one_pixel_off(png))
+    assert source_key("image:1", png) != source_key("image:2", png)
+
+
+def test_a_lazy_value_is_keyed_without_being_made_and_made_once() -> None:
+    made: list[int] = []
+    gate = threading.Event()
+
+    def make() -> str:
+        gate.wait(5)
+        made.append(1)
+        return "value"
+
+    lazy = Lazy("k" * 64, make)
+    assert value_key(lazy) == "k" * 64 and not lazy.made
+    got: list[str] = []
+    readers = [threading.Thread(target=lambda: got.append(lazy.get())) for _ in range(4)]
+    for t in readers:
+        t.start()
+    gate.set()
+    for t in readers:
+        t.join(5)
+    assert got == ["value"] * 4 and made == [1] and lazy.made
+
+
+def test_a_lazy_value_that_fails_raises_for_each_reader() -> None:
+    def make() -> str:
+        raise MediaError("broken")
+
+    lazy = Lazy("k" * 64, make)
+    for _ in range(2):
+        with pytest.raises(MediaError, match="broken"):
+            lazy.get()
+    assert not lazy.made
