@@ -67,6 +67,12 @@ class MediaSettings(BaseModel):
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Reuse results of deterministic nodes.")
     max_bytes: int = Field(512 << 20, ge=0, description="Disk the result cache may use.")
+    min_node_seconds: float = Field(
+        0.002,
+        ge=0,
+        description="Results of nodes faster than this are not kept: storing and finding "
+        "them costs more than computing them again.",
+    )
 
 
 class LimitSettings(BaseModel):

@@ -165,6 +165,21 @@ def test_a_repeat_run_neither_decodes_nor_encodes(
     assert second == first
 
 
+def test_results_faster_than_the_cache_threshold_are_not_kept(
+    pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
+) -> None:
+    files = {"a": _png(1)}
+    # Every node of this small workflow takes well under a minute: nothing is kept, so
+    # the repeat run computes everything again.
+    cache = MemoryResultCache(min_seconds=60.0)
+    first, _ = _run(pool, workflow, files, "a", cache)
+    second, sink = _run(pool, workflow, files, "a", cache)
+    assert not sink.cached
+    assert calls == {"decode": 2, "encode": 4}
+    assert second == first
+    assert cache.get("any") is None and not cache._items
+
+
 def test_one_pixel_different_upload_misses(
     pool: ThreadPoolExecutor, workflow: Workflow, calls: dict[str, int]
 ) -> None:

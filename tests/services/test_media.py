@@ -47,7 +47,9 @@ def _png(seed: int, nudge: bool = False) -> bytes:
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform.build(Settings(_env_file=None, data_dir=tmp_path / "data"))
+    # Every result is kept, however fast its node (the threshold has its own test).
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", cache={"min_node_seconds": 0})
+    p = Platform.build(settings)
     p.start()
     yield p
     p.stop()

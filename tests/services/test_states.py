@@ -74,7 +74,7 @@ def get(db: Database, run_id: str) -> Run:
 
 def do_claim(db: Database, run_id: str, owner: str) -> bool:
     with db.write() as s:
-        return claim(s, run_id, owner, LEASE)
+        return claim(s, run_id, owner, LEASE) is not None
 
 
 # --------------------------------------------------------------------------- claim
@@ -91,8 +91,13 @@ def test_new_run_defaults(db: Database, version: AppVersion) -> None:
 def test_claim_takes_a_queued_run(db: Database, version: AppVersion) -> None:
     run_id = new_run(db, version)
     before = utcnow()
-    assert do_claim(db, run_id, "worker-a") is True
+    with db.write() as s:
+        claimed = claim(s, run_id, "worker-a", LEASE)
     run = get(db, run_id)
+    # The claim answers the run as it now is: what the worker needs, with no re-read.
+    assert claimed is not None
+    assert (claimed.id, claimed.attempt, claimed.version_id) == (run_id, 1, run.version_id)
+    assert claimed.inputs == run.inputs
     assert run.status == RunStatus.RUNNING
     assert run.attempt == 1
     assert run.lease_owner == "worker-a"

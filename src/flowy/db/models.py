@@ -108,7 +108,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
-    #: The sequence number of the run's newest event.
+    #: Unused since events are numbered from their own table (services/events.py);
+    #: kept so existing databases need no migration.
     event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested_at: Mapped[datetime | None]
     #: When the run must have ended (``timeoutSeconds`` of the request).

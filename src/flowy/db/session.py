@@ -3,14 +3,19 @@
 SQLite (embedded mode) runs in WAL mode with a busy timeout, and every *write*
 transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so two
 writers queue on the busy timeout instead of one failing with "database is locked" when
-it upgrades a read lock mid-transaction.  Reads use plain deferred transactions on a
-second engine and never wait for writers.  On PostgreSQL both are one engine.
+it upgrades a read lock mid-transaction.  Writers of this process also queue on a Python
+lock first: SQLite's busy handler waits for a held lock by sleeping 1, 2, 5, 10 ... 100 ms
+at a time, so two threads contending on it would each lose milliseconds per transaction,
+while a mutex hands over at once.  (The busy timeout still covers another process, such
+as the CLI.)  Reads use plain deferred transactions on a second engine and never wait
+for writers.  On PostgreSQL both are one engine.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -21,6 +26,16 @@ BUSY_TIMEOUT_MS = 30_000
 RUNS_CHANGED = "flowy_runs_changed"
 #: Session.info key of the named things a transaction wrote (see :func:`mark`).
 COMMIT_FLAGS = "flowy_commit_flags"
+#: Session.info key of the writes deferred to the end of a transaction (:func:`at_commit`).
+BEFORE_COMMIT = "flowy_before_commit"
+
+
+def at_commit(session: Session, write: Callable[[Session], None]) -> None:
+    """Run ``write`` in this write transaction just before it commits (once, however
+    often it is asked): many small writes of one kind become one batched statement."""
+    pending = session.info.setdefault(BEFORE_COMMIT, [])
+    if write not in pending:
+        pending.append(write)
 
 
 def mark(session: Session, flag: str) -> None:
@@ -65,6 +80,11 @@ class Database:
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
             self.write_engine = self.read_engine = create_engine(url, pool_pre_ping=True)
+        # Re-entrant, so a nested write fails on SQLite's busy timeout as before rather
+        # than hanging here.
+        self._write_lock: threading.RLock | nullcontext[None] = (
+            threading.RLock() if url.startswith("sqlite") else nullcontext()
+        )
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         #: Called after each commit with the ids of the runs it changed (events).
@@ -87,6 +107,7 @@ class Database:
     def _after_rollback(session: Session) -> None:
         session.info.pop(RUNS_CHANGED, None)
         session.info.pop(COMMIT_FLAGS, None)
+        session.info.pop(BEFORE_COMMIT, None)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -97,8 +118,10 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose transaction holds the write lock; committed at the end."""
-        with self._write() as session, session.begin():
+        with self._write_lock, self._write() as session, session.begin():
             yield session
+            for write in session.info.pop(BEFORE_COMMIT, ()):
+                write(session)
 
     def dispose(self) -> None:
         self.write_engine.dispose()

@@ -28,7 +28,14 @@ from flowy.engine.spec import SKIP, Artifact
 
 class ResultCache(Protocol):
     """Stores node results by key.  ``get`` answers None on a miss; ``put`` may decline
-    values it cannot store and never raises."""
+    values it cannot store and never raises.
+
+    ``min_seconds``: results that took less than this to compute are not offered to
+    ``put`` (the executor times each node): storing and finding them again would cost
+    more than computing them again.
+    """
+
+    min_seconds: float
 
     def get(self, key: str) -> Mapping[str, object] | None: ...
 
@@ -94,8 +101,9 @@ def content_key(values: Mapping[str, object]) -> dict[str, str]:
 class MemoryResultCache:
     """A bounded in-memory LRU; used in tests and in front of the disk cache."""
 
-    def __init__(self, max_entries: int = 128) -> None:
+    def __init__(self, max_entries: int = 128, min_seconds: float = 0.0) -> None:
         self.max_entries = max_entries
+        self.min_seconds = min_seconds
         self._items: OrderedDict[str, Mapping[str, object]] = OrderedDict()
         self._lock = threading.Lock()
 

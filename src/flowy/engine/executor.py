@@ -208,6 +208,8 @@ def _invoke(
         if hit is not None:
             return _Result(hit, {p: port_key(key, p) for p in hit}, True)
     # The node runs: make the values that were left for first use (a decoded image).
+    # That work counts in its cost, so a cheap node that decoded an image is kept.
+    t0 = time.perf_counter()
     if any(isinstance(v, Lazy) for v in kwargs.values()):
         kwargs = {name: resolve(v) for name, v in kwargs.items()}
     result = b.type.run(ctx, b.params, **kwargs)
@@ -215,7 +217,8 @@ def _invoke(
         return _Result(result, content_key(result) if cache is not None else {}, False)
     if lookup:
         assert cache is not None
-        cache.put(key, result)
+        if time.perf_counter() - t0 >= cache.min_seconds:
+            cache.put(key, result)
     return _Result(result, {p: port_key(key, p) for p in result}, False)
 
 

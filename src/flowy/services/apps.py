@@ -6,12 +6,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from threading import Lock
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from flowy.db.models import App, AppVersion, utcnow
+from flowy.db.prepared import Prepared
 from flowy.db.session import Database
 from flowy.engine.graph import Workflow, parse_workflow
 from flowy.engine.registry import NodeRegistry
@@ -59,6 +60,31 @@ class AppDetail:
     workflow: Workflow
 
 
+@dataclass(frozen=True)
+class Runnable:
+    app_id: str
+    published: bool
+    version_id: str
+    workflow: Workflow
+
+
+_APPS = cast(Table, App.__table__)
+_RUNNABLE = Prepared(
+    select(
+        _APPS.c.id,
+        _APPS.c.workspace_id,
+        _APPS.c.published,
+        _APPS.c.current_version_id,
+        _APPS.c.deleted_at,
+    ).where(_APPS.c.id == bindparam("p_app_id"))
+)
+_WORKFLOW = Prepared(
+    select(AppVersion.__table__.c.workflow).where(
+        AppVersion.__table__.c.id == bindparam("p_version_id")
+    )
+)
+
+
 def _check_title(title: object, issues: list[Issue]) -> None:
     if not isinstance(title, str) or not title.strip() or len(title) > 200:
         issues.append(
@@ -99,20 +125,25 @@ class AppService:
             assert version is not None
         return AppDetail(app, version, self.workflows.get(version.id, version.workflow))
 
-    def runnable(self, workspace_id: str, app_id: str) -> tuple[App, str, Workflow]:
-        """What starting a run needs: the app, its current version id and its workflow,
-        without reading the version's document when the workflow is cached."""
-        with self.db.read() as s:
-            app = _load(s, workspace_id, app_id)
-            version_id = app.current_version_id
+    def runnable(self, workspace_id: str, app_id: str) -> Runnable:
+        """What starting a run needs: the app's publication, its current version id and
+        its workflow, in one small read (the version's document only when its workflow
+        is not cached).  NotFound as :meth:`get`."""
+        with self.db.read_engine.connect() as conn:
+            row = _RUNNABLE.execute(conn, {"p_app_id": app_id}).first() if is_id(app_id) else None
+            if row is None or row.workspace_id != workspace_id or row.deleted_at is not None:
+                raise NotFound(f"app {app_id} not found")
+            version_id = row.current_version_id
             assert version_id is not None
 
             def read() -> dict[str, Any]:
-                doc = s.scalar(select(AppVersion.workflow).where(AppVersion.id == version_id))
+                doc = _WORKFLOW.execute(conn, {"p_version_id": version_id}).scalar()
                 assert doc is not None
                 return dict(doc)
 
-            return app, version_id, self.workflows.load(version_id, read)
+            return Runnable(
+                row.id, row.published, version_id, self.workflows.load(version_id, read)
+            )
 
     def create(
         self,

@@ -10,32 +10,71 @@ same two methods.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Iterable
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from flowy.db.models import Run, RunEvent, utcnow
-from flowy.db.session import RUNS_CHANGED, Database
+from flowy.db.prepared import Prepared
+from flowy.db.session import RUNS_CHANGED, Database, at_commit
+
+#: Session.info key of the events emitted in a transaction, not yet written.
+_PENDING = "flowy_pending_events"
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.canceled"})
 
 
-def emit(s: Session, run_id: str, type: str, data: dict[str, Any] | None = None) -> int:
-    """Append an event to a run in this transaction; return its sequence number."""
-    seq = s.execute(
-        update(Run)
-        .where(Run.id == run_id)
-        .values(event_seq=Run.event_seq + 1)
-        .returning(Run.event_seq)
-        .execution_options(synchronize_session=False)
-    ).scalar_one()
-    s.add(RunEvent(run_id=run_id, seq=seq, type=type, data=data or {}, created_at=utcnow()))
+_EVENTS = cast(Table, RunEvent.__table__)
+_LAST_SEQ = Prepared(
+    select(func.coalesce(func.max(_EVENTS.c.seq), 0)).where(
+        _EVENTS.c.run_id == bindparam("p_run_id")
+    )
+)
+_LOCK_RUN = Prepared(
+    select(Run.__table__.c.id).where(Run.__table__.c.id == bindparam("p_run_id")).with_for_update()
+)
+_INSERT = Prepared(insert(_EVENTS), ["run_id", "seq", "type", "data", "created_at"])
+
+
+def emit(s: Session, run_id: str, type: str, data: dict[str, Any] | None = None) -> None:
+    """Append an event to a run in this write transaction.
+
+    Events are numbered and inserted when the transaction commits (:func:`at_commit`):
+    one lookup of the last number per run and one multi-row insert, however many.
+    """
+    pending: list[tuple[str, str, dict[str, Any], datetime]] | None = s.info.get(_PENDING)
+    if pending is None:
+        pending = s.info[_PENDING] = []
+        at_commit(s, _write_pending)
+    pending.append((run_id, type, data or {}, utcnow()))
     s.info.setdefault(RUNS_CHANGED, set()).add(run_id)
-    return int(seq)
+
+
+def _write_pending(s: Session) -> None:
+    pending: list[tuple[str, str, dict[str, Any], datetime]] = s.info.pop(_PENDING, [])
+    if not pending:
+        return
+    # The last number is read from the events' own (run_id, seq) index rather than kept
+    # on the run row: an UPDATE rewrites the whole row, whose inputs may be large.  It is
+    # stable because SQLite serialises write transactions (BEGIN IMMEDIATE); elsewhere
+    # the run's row is locked first.
+    lock = s.get_bind().dialect.name != "sqlite"
+    seq: dict[str, int] = {}
+    for run_id in dict.fromkeys(p[0] for p in pending):
+        if lock:
+            _LOCK_RUN.execute(s, {"p_run_id": run_id})
+        seq[run_id] = int(_LAST_SEQ.execute(s, {"p_run_id": run_id}).scalar())
+    rows = []
+    for run_id, type, data, at in pending:
+        seq[run_id] += 1
+        rows.append(
+            {"run_id": run_id, "seq": seq[run_id], "type": type, "data": data, "created_at": at}
+        )
+    _INSERT.execute_many(s, rows)
 
 
 def read_events(db: Database, run_id: str, after: int = 0, limit: int = 500) -> list[RunEvent]:
@@ -79,22 +118,28 @@ class _LocalSubscription:
         self.bus = bus
         self.run_id = run_id
         self._flag = threading.Event()
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     def _wake(self) -> None:
         self._flag.set()
         waiter = self._waiter
         if waiter is not None:
-            loop, ev = waiter
-            loop.call_soon_threadsafe(ev.set)
+            loop, fut = waiter
+            loop.call_soon_threadsafe(_resolve, fut)
 
     async def wait(self, timeout: float) -> bool:
         if not self._flag.is_set():
-            ev = asyncio.Event()
-            self._waiter = (asyncio.get_running_loop(), ev)
+            # A bare future resolved from the notifying thread: the waiting task runs on
+            # the loop's next turn (no helper task, no extra hop through an Event).
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiter = (loop, fut)
             if not self._flag.is_set():  # news between the check and the registration
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), timeout)
+                timer = loop.call_later(timeout, _resolve, fut)
+                try:
+                    await fut
+                finally:
+                    timer.cancel()
             self._waiter = None
         news = self._flag.is_set()
         self._flag.clear()
@@ -113,6 +158,11 @@ class _LocalSubscription:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # already resolved by the timer, or its waiter was canceled
+        fut.set_result(None)
 
 
 class LocalEventBus:

@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from flowy.db.models import Asset, utcnow
 from flowy.db.session import Database
 from flowy.errors import FlowyError, Forbidden, Gone, MediaError, NotFound
-from flowy.ids import is_id
+from flowy.ids import is_id, new_id
 from flowy.media.sniff import sniff_content_type
 from flowy.storage.base import BlobStore
 from flowy.storage.signing import UrlSigner
@@ -74,10 +74,35 @@ class FileService:
         run_id: str | None = None,
     ) -> Asset:
         """Keep ``data`` (content-addressed) and record it as an asset of the workspace."""
+        asset = self.keep(
+            workspace_id,
+            data,
+            filename=filename,
+            kind=kind,
+            content_type=content_type,
+            run_id=run_id,
+        )
+        with self.db.write() as s:
+            s.add(asset)
+        return asset
+
+    def keep(
+        self,
+        workspace_id: str,
+        data: bytes,
+        *,
+        filename: str,
+        kind: str,
+        content_type: str | None = None,
+        run_id: str | None = None,
+    ) -> Asset:
+        """Keep ``data`` in the blob store and answer its asset, with its id, for the
+        caller to add in a write transaction of its own (a run's terminal one)."""
         key = self.blobs.put(data)
         keep = self.retention.get(kind)
         now = utcnow()
-        asset = Asset(
+        return Asset(
+            id=new_id(),
             created_at=now,
             expires_at=now + timedelta(seconds=keep) if keep else None,
             workspace_id=workspace_id,
@@ -88,9 +113,6 @@ class FileService:
             filename=filename,
             run_id=run_id,
         )
-        with self.db.write() as s:
-            s.add(asset)
-        return asset
 
     def link(self, asset_id: str, filename: str) -> SignedLink:
         path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"

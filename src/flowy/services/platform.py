@@ -67,13 +67,23 @@ class Platform:
         apps = AppService(db, workflows)
         secrets = SecretService(db, settings.signing_key())
         cache = (
-            DiskResultCache(settings.cache_dir, settings.cache.max_bytes)
+            DiskResultCache(
+                settings.cache_dir,
+                settings.cache.max_bytes,
+                min_seconds=settings.cache.min_node_seconds,
+            )
             if settings.cache.enabled
             else None
         )
         workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
         runs = RunService(
-            db, apps, files, workers.enqueue, workers.processor.cancel, settings.limits.max_inputs
+            db,
+            apps,
+            files,
+            workers.enqueue,
+            workers.processor.cancel,
+            settings.limits.max_inputs,
+            direct=workers,
         )
         bus = LocalEventBus()
         db.commit_hooks.append(bus.notify)
@@ -106,6 +116,9 @@ class Platform:
     def stop(self) -> None:
         self.workers.stop()
         self.dispatcher.stop()
+        cache = self.workers.processor.cache
+        if isinstance(cache, DiskResultCache):
+            cache.close()  # results still queued for the disk are written first
         self.db.dispose()
         if self._lock_file is not None:
             self._lock_file.close()

@@ -10,16 +10,17 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, Protocol, cast
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import defer
+from sqlalchemy import Engine, Row, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy.orm import Session, defer
 
 from flowy.db.models import App, Run, utcnow
+from flowy.db.prepared import Prepared
 from flowy.db.session import Database
 from flowy.engine.inputs import check_run_inputs
 from flowy.errors import Conflict, Issue, NotFound, ValidationFailed
-from flowy.ids import is_id
+from flowy.ids import is_id, new_id
 from flowy.services.apps import AppService
 from flowy.services.cursors import decode_cursor, encode_cursor
 from flowy.services.events import emit
@@ -58,10 +59,108 @@ _VIEW_COLUMNS = (
     Run.deadline_at,
     Run.nodes,
 )
+_READ_VIEW = select(*_VIEW_COLUMNS).where(Run.id == bindparam("run_id"))
+
+
+class _ViewRow(NamedTuple):
+    """The columns of ``_READ_VIEW``, under the attribute names :meth:`RunService.public`
+    reads from a Run."""
+
+    id: str
+    workspace_id: str
+    app_id: str
+    version_id: str
+    status: str
+    outputs: list[Any]
+    error: str | None
+    error_node: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    attempt: int
+    deadline_at: datetime | None
+    nodes: dict[str, Any]
+
+
+class _ViewQuery:
+    """``_READ_VIEW`` compiled once for an engine and run on a pooled DBAPI connection.
+
+    The poll is the hottest read, and SQLAlchemy's per-statement work (a Connection, its
+    transaction - on SQLite an extra ``BEGIN`` round trip - the compiled-cache lookup and
+    a Result) cost several times the indexed lookup itself.  One SELECT needs no
+    transaction of its own: it reads one consistent snapshot.  Values are converted by
+    the columns' own types, so they are what a Core query would answer.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = _READ_VIEW.compile(dialect=dialect)
+        self._engine = engine
+        self._sql = compiled.string
+        self._positional = compiled.positional
+        self._bind = Run.id.type.dialect_impl(dialect).bind_processor(dialect)
+        self._convert = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in _VIEW_COLUMNS
+        ]
+        assert list(_ViewRow._fields) == [c.key for c in _VIEW_COLUMNS]
+
+    def first(self, run_id: str) -> _ViewRow | None:
+        value = run_id if self._bind is None else self._bind(run_id)
+        params: tuple[Any] | dict[str, Any] = (value,) if self._positional else {"run_id": value}
+        conn = self._engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self._sql, params)
+                raw = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            conn.close()  # back to the pool, which rolls back whatever the driver began
+        if raw is None:
+            return None
+        return _ViewRow(
+            *(
+                v if f is None or v is None else f(v)
+                for f, v in zip(self._convert, raw, strict=True)
+            )
+        )
+
+
+_RUN_COLUMNS = [c.key for c in Run.__table__.c]
+_INSERT_RUN = Prepared(insert(cast(Table, Run.__table__)), _RUN_COLUMNS)
+_COUNT_RUN = Prepared(
+    update(cast(Table, App.__table__))
+    .where(App.__table__.c.id == bindparam("p_app_id"))
+    .values(run_count=App.__table__.c.run_count + 1)
+)
 
 
 def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+class DirectStart(Protocol):
+    """Workers of this process that can take a new run the moment it is created: the
+    run is claimed in the transaction that creates it and handed to a waiting worker,
+    with no second transaction and no queue in between (embedded mode)."""
+
+    def reserve(self) -> bool:
+        """Hold a waiting worker for one run; False when none is waiting."""
+        ...
+
+    def claim(self, s: Session, run_id: str) -> Row[Any] | None:
+        """Claim the run in the caller's transaction (None: the workspace is at its
+        concurrent-run limit, or it is not queued)."""
+        ...
+
+    def hand(self, claimed: Row[Any]) -> None:
+        """Give the claimed run to the held worker (after the commit)."""
+        ...
+
+    def release(self) -> None:
+        """Give back a held worker that got no run."""
+        ...
 
 
 class RunService:
@@ -73,21 +172,27 @@ class RunService:
         enqueue: Callable[[str], None],
         cancel_local: Callable[[str, str], None] = lambda _run_id, _reason: None,
         max_inputs: int = 100,
+        direct: DirectStart | None = None,
     ) -> None:
+        self.direct = direct
         self.max_inputs = max_inputs
         self.db = db
         self.apps = apps
         self.files = files
         self.enqueue = enqueue
         self.cancel_local = cancel_local
+        self._view_query = _ViewQuery(db.read_engine)
 
     def create(self, workspace_id: str, app_id: str, body: object) -> Run:
-        """Validate a run request, store the run as ``queued`` and queue it.
+        """Validate a run request, store the run as ``queued`` and queue it, or hand it
+        at once to a waiting worker of this process.  Answers the run as it was accepted
+        (``queued``, its first event), as the API's contract shows it.
 
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
-        app, version_id, workflow = self.apps.runnable(workspace_id, app_id)
+        app = self.apps.runnable(workspace_id, app_id)
+        workflow = app.workflow
         if not app.published:
             raise Conflict(f"app {app_id} is not published; publish it before running it")
         if not isinstance(body, Mapping):
@@ -142,28 +247,47 @@ class RunService:
         issues.extend(webhook_issues)
         if issues:
             raise ValidationFailed(issues)
-        run = Run(
-            workspace_id=workspace_id,
-            app_id=app.id,
-            version_id=version_id,
-            status=RunStatus.QUEUED,
-            inputs=inputs,
-            outputs=[],
-            nodes={nid: {"status": NodeStatus.PENDING} for nid in workflow.order},
-            created_at=utcnow(),
-            webhook_url=webhook_url,
-            webhook_events=webhook_events,
-        )
+        now = utcnow()
+        values: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
+        values |= {
+            "id": new_id(),
+            "workspace_id": workspace_id,
+            "app_id": app.app_id,
+            "version_id": app.version_id,
+            "status": RunStatus.QUEUED,
+            "inputs": inputs,
+            "outputs": [],
+            "nodes": {nid: {"status": NodeStatus.PENDING} for nid in workflow.order},
+            "attempt": 0,
+            "event_seq": 0,
+            "created_at": now,
+            "webhook_url": webhook_url,
+            "webhook_events": webhook_events,
+        }
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
-            run.deadline_at = run.created_at + timedelta(seconds=float(timeout))
-        with self.db.write() as s:
-            s.add(run)
-            s.flush()
-            emit(s, run.id, "run.queued", {"status": RunStatus.QUEUED})
-            s.execute(update(App).where(App.id == app.id).values(run_count=App.run_count + 1))
-        self.enqueue(run.id)
-        return run
+            values["deadline_at"] = now + timedelta(seconds=float(timeout))
+        direct = self.direct if self.direct is not None and self.direct.reserve() else None
+        claimed = None
+        try:
+            with self.db.write() as s:
+                _INSERT_RUN.execute(s, values)
+                emit(s, values["id"], "run.queued", {"status": RunStatus.QUEUED})
+                _COUNT_RUN.execute(s, {"p_app_id": app.app_id})
+                if direct is not None:
+                    claimed = direct.claim(s, values["id"])
+        except BaseException:
+            if direct is not None:
+                direct.release()
+            raise
+        if claimed is not None:
+            assert direct is not None
+            direct.hand(claimed)
+        else:
+            if direct is not None:
+                direct.release()
+            self.enqueue(values["id"])
+        return Run(**values)
 
     def cancel(self, workspace_id: str, run_id: str) -> Run:
         """Cancel a run: a queued one at once, a running one at its next check.
@@ -240,12 +364,11 @@ class RunService:
         return run
 
     def read_view(self, workspace_id: str, run_id: str) -> dict[str, Any]:
-        """``public(get(...))`` for the poll, the hottest read: one Core query of just the
-        columns the view shows, no ORM session or identity map."""
+        """``public(get(...))`` for the poll, the hottest read: one query of just the
+        columns the view shows, straight on the driver (see ``_ViewQuery``)."""
         if not is_id(run_id):
             raise NotFound(f"run {run_id} not found")
-        with self.db.read_engine.connect() as conn:
-            row = conn.execute(select(*_VIEW_COLUMNS).where(Run.id == run_id)).first()
+        row = self._view_query.first(run_id)
         if row is None or row.workspace_id != workspace_id:
             raise NotFound(f"run {run_id} not found")
         # The row has every attribute public() reads, under the same names.

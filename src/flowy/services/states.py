@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from flowy.db.models import Run, utcnow
+from flowy.db.prepared import Prepared
 from flowy.services.events import emit
 from flowy.services.webhooks import enqueue_for_run
 
@@ -47,40 +49,72 @@ ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 
-def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: int = 0) -> bool:
-    """queued -> running, compare-and-set: True only for the one worker that wins.
+#: The runs table, for the statements below: the hottest writes are built once, as Core
+#: statements on the table with bound parameters, rather than per call through the ORM.
+RUNS = cast(Table, Run.__table__)
+
+#: What the worker that claims a run needs of it, read by the claim itself.
+CLAIMED_COLUMNS = tuple(
+    RUNS.c[name]
+    for name in (
+        "id",
+        "workspace_id",
+        "app_id",
+        "version_id",
+        "inputs",
+        "attempt",
+        "cancel_requested_at",
+        "deadline_at",
+    )
+)
+
+
+def _claim_statement(limited: bool) -> ReturningUpdate[Any]:
+    c = RUNS.c
+    conditions = [c.id == bindparam("p_run_id"), c.status == RunStatus.QUEUED]
+    if limited:
+        other = RUNS.alias("other")
+        running = (
+            select(func.count())
+            .select_from(other)
+            .where(other.c.workspace_id == c.workspace_id, other.c.status == RunStatus.RUNNING)
+            .scalar_subquery()
+        )
+        conditions.append(running < bindparam("p_max_running"))
+    return (
+        update(RUNS)
+        .where(*conditions)
+        .values(
+            status=RunStatus.RUNNING,
+            lease_owner=bindparam("p_owner"),
+            lease_expires_at=bindparam("p_expires"),
+            attempt=c.attempt + 1,
+            started_at=bindparam("p_now"),
+        )
+        .returning(*CLAIMED_COLUMNS)
+    )
+
+
+_CLAIM = {False: Prepared(_claim_statement(False)), True: Prepared(_claim_statement(True))}
+
+
+def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: int = 0) -> Any:
+    """queued -> running, compare-and-set: the run (a named tuple of
+    :data:`CLAIMED_COLUMNS`, as it is after the claim) only for the one worker that
+    wins, None for the others.
 
     With ``max_running`` > 0 the claim also fails while the run's workspace already has
     that many runs running (the run stays queued; see the worker pool's deferral).
     """
     now = utcnow()
-    conditions = [Run.id == run_id, Run.status == RunStatus.QUEUED]
+    params = {"p_run_id": run_id, "p_owner": owner, "p_expires": now + lease, "p_now": now}
     if max_running > 0:
-        other = aliased(Run)
-        running = (
-            select(func.count())
-            .select_from(other)
-            .where(other.workspace_id == Run.workspace_id, other.status == RunStatus.RUNNING)
-            .scalar_subquery()
-        )
-        conditions.append(running < max_running)
-    res = s.execute(
-        update(Run)
-        .where(*conditions)
-        .values(
-            status=RunStatus.RUNNING,
-            lease_owner=owner,
-            lease_expires_at=now + lease,
-            attempt=Run.attempt + 1,
-            started_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    won = bool(res.rowcount == 1)  # type: ignore[attr-defined]
-    if won:
+        params["p_max_running"] = max_running
+    row = _CLAIM[max_running > 0].execute(s, params).first()
+    if row is not None:
         emit(s, run_id, "run.started", {"status": RunStatus.RUNNING})
         enqueue_for_run(s, run_id, "run.started")
-    return won
+    return row
 
 
 def cancel_queued(s: Session, run_id: str, reason: str) -> bool:
@@ -118,20 +152,31 @@ def fail_queued(s: Session, run_id: str, error: str) -> bool:
     return True
 
 
+_FENCED: dict[tuple[str, ...], Prepared] = {}
+
+
+def _fenced_statement(columns: tuple[str, ...]) -> Prepared:
+    stmt = _FENCED.get(columns)
+    if stmt is None:
+        c = RUNS.c
+        stmt = _FENCED[columns] = Prepared(
+            update(RUNS)
+            .where(
+                c.id == bindparam("p_run_id"),
+                c.status == RunStatus.RUNNING,
+                c.lease_owner == bindparam("p_owner"),
+                c.attempt == bindparam("p_attempt"),
+            )
+            .values({name: bindparam(f"v_{name}") for name in columns})
+        )
+    return stmt
+
+
 def fenced_update(s: Session, run_id: str, owner: str, attempt: int, **values: Any) -> bool:
     """Write to a running run only while ``owner`` still holds this attempt's lease."""
-    res = s.execute(
-        update(Run)
-        .where(
-            Run.id == run_id,
-            Run.status == RunStatus.RUNNING,
-            Run.lease_owner == owner,
-            Run.attempt == attempt,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+    params = {f"v_{k}": v for k, v in values.items()}
+    params.update(p_run_id=run_id, p_owner=owner, p_attempt=attempt)
+    return _fenced_statement(tuple(sorted(values))).execute(s, params).rowcount == 1
 
 
 def finish(

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -53,6 +53,7 @@ from flowy.db.models import (
     WebhookRunSecret,
     utcnow,
 )
+from flowy.db.prepared import Prepared
 from flowy.db.session import Database, mark
 from flowy.errors import Conflict, FlowyError, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id, new_id
@@ -219,29 +220,36 @@ def new_message_id() -> str:
     return "msg_" + new_id()
 
 
+_RUN_HOOK = Prepared(
+    select(
+        Run.__table__.c.workspace_id, Run.__table__.c.webhook_url, Run.__table__.c.webhook_events
+    ).where(Run.__table__.c.id == bindparam("p_run_id"))
+)
+_ENDPOINTS = Prepared(
+    select(WebhookEndpoint.__table__.c.id, WebhookEndpoint.__table__.c.events)
+    .where(
+        WebhookEndpoint.__table__.c.workspace_id == bindparam("p_workspace_id"),
+        WebhookEndpoint.__table__.c.enabled.is_(True),
+    )
+    .order_by(WebhookEndpoint.__table__.c.created_at, WebhookEndpoint.__table__.c.id)
+)
+
+
 def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
     """Queue ``event_type`` of a run for its own webhook and the workspace's enabled
     endpoints that want it, in the caller's transaction.  Answers the deliveries made."""
-    runs = Run.__table__
-    head = s.execute(
-        select(runs.c.workspace_id, runs.c.webhook_url, runs.c.webhook_events).where(
-            runs.c.id == run_id
-        )
-    ).one_or_none()
+    head = _RUN_HOOK.execute(s, {"p_run_id": run_id}).first()
     if head is None:
         return 0
     workspace_id, webhook_url, webhook_events = head
     targets: list[tuple[str | None, str | None]] = []
     if webhook_url and event_type in (webhook_events or DEFAULT_EVENTS):
         targets.append((None, webhook_url))
-    endpoints = s.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.events)
-        .where(WebhookEndpoint.workspace_id == workspace_id, WebhookEndpoint.enabled.is_(True))
-        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
-    ).all()
+    endpoints = _ENDPOINTS.execute(s, {"p_workspace_id": workspace_id}).all()
     targets += [(ep.id, None) for ep in endpoints if event_type in ep.events]
     if not targets:
         return 0  # the common case: two small reads, nothing written
+    runs = Run.__table__
     columns = [c for c in runs.c if c.key not in _SNAPSHOT_SKIP]
     row = s.execute(select(*columns).where(runs.c.id == run_id)).mappings().one()
     now = utcnow()

@@ -170,7 +170,9 @@ class DiskResultCache:
         max_bytes: int,
         memory_entries: int = 32,
         max_pending_bytes: int | None = None,
+        min_seconds: float = 0.0,
     ) -> None:
+        self.min_seconds = min_seconds
         self.root = root
         self.max_bytes = max_bytes
         self.memory = MemoryResultCache(memory_entries)

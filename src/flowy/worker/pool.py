@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
+from sqlalchemy.orm import Session
 
 from flowy.db.models import Run, utcnow
 from flowy.db.session import Database
@@ -26,7 +28,7 @@ from flowy.services.apps import WorkflowCache
 from flowy.services.files import FileService
 from flowy.services.idempotency import IdempotencyStore
 from flowy.services.secrets import SecretService
-from flowy.services.states import RunStatus, requeue_expired
+from flowy.services.states import RunStatus, claim, requeue_expired
 from flowy.settings import Settings
 from flowy.worker.runner import RunProcessor
 
@@ -56,14 +58,55 @@ class LocalWorkerPool:
         self.processor = RunProcessor(
             settings, db, workflows, files, executor, self.owner, secrets, cache
         )
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Run ids to claim, and runs claimed at creation (:meth:`hand`, served first);
+        # None tells a worker to stop.
+        self._queue: deque[str | Row[Any] | None] = deque()
+        self._ready = threading.Condition()
+        self._waiting = 0  # workers blocked in _take
+        self._held = 0  # of those, held by reserve() for a run being created
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deferred: dict[str, list[str]] = {}
         self._deferred_lock = threading.Lock()
 
     def enqueue(self, run_id: str) -> None:
-        self._queue.put(run_id)
+        with self._ready:
+            self._queue.append(run_id)
+            self._ready.notify()
+
+    # DirectStart (see RunService.create): a new run goes straight to a waiting worker.
+
+    def reserve(self) -> bool:
+        with self._ready:
+            if self._stop.is_set() or self._waiting - self._held <= 0:
+                return False
+            self._held += 1
+            return True
+
+    def claim(self, s: Session, run_id: str) -> Any:
+        lease = timedelta(seconds=self.settings.worker.lease_seconds)
+        return claim(s, run_id, self.owner, lease, self.settings.limits.concurrent_runs)
+
+    def hand(self, claimed: Row[Any]) -> None:
+        self.processor.adopt(claimed)
+        with self._ready:
+            self._held -= 1
+            self._queue.appendleft(claimed)
+            self._ready.notify()
+
+    def release(self) -> None:
+        with self._ready:
+            self._held -= 1
+
+    def _take(self) -> str | Row[Any] | None:
+        with self._ready:
+            self._waiting += 1
+            try:
+                while not self._queue:
+                    self._ready.wait()
+                return self._queue.popleft()
+            finally:
+                self._waiting -= 1
 
     def start(self) -> None:
         """Recover what a previous process left, then start workers and housekeeping."""
@@ -131,11 +174,15 @@ class LocalWorkerPool:
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            run_id = self._queue.get()
-            if run_id is None:
+            item = self._take()
+            if item is None:
                 break
+            run_id = item if isinstance(item, str) else item.id
             try:
-                outcome = self.processor.process(run_id)
+                if isinstance(item, str):
+                    outcome = self.processor.process(item)
+                else:
+                    outcome = self.processor.run_claimed(item)
             except Exception:
                 logger.exception("worker failed on run %s", run_id)
                 continue
@@ -174,8 +221,9 @@ class LocalWorkerPool:
         """Stop taking runs; give runs in flight the shutdown grace period, then hand them
         back to the queue (status ``queued``) for the next start."""
         self._stop.set()
-        for _ in range(self.settings.worker.concurrency):
-            self._queue.put(None)
+        with self._ready:
+            self._queue.extend([None] * self.settings.worker.concurrency)
+            self._ready.notify_all()
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -12,10 +12,10 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from flowy.db.models import AppVersion, Run, utcnow
+from flowy.db.models import AppVersion, Asset, Run, utcnow
 from flowy.db.session import Database
 from flowy.engine.cache import ResultCache
 from flowy.engine.executor import CancelToken, RunFailed, RunRequest, WorkflowExecutor
@@ -214,36 +214,47 @@ class RunProcessor:
         lease = timedelta(seconds=self.settings.worker.lease_seconds)
         limit = self.settings.limits.concurrent_runs
         with self.db.write() as s:
-            if not claim(s, run_id, self.owner, lease, limit):
+            claimed = claim(s, run_id, self.owner, lease, limit)
+            if claimed is None:
                 row = s.execute(
                     select(Run.status, Run.workspace_id).where(Run.id == run_id)
                 ).first()
                 if limit and row is not None and row.status == RunStatus.QUEUED:
                     return "deferred:" + str(row.workspace_id)
                 return None
-        with self.db.read() as s:
-            run = s.get(Run, run_id)
-            assert run is not None
+        return self.run_claimed(claimed)
 
-            def read() -> dict[str, Any]:
+    def adopt(self, claimed: Row[Any]) -> None:
+        """Take charge of a run claimed for this worker elsewhere (in the transaction
+        that created it) before a thread runs it: its lease is renewed and a cancel
+        reaches it meanwhile."""
+        with self._lock:
+            self.active.setdefault(claimed.id, CancelToken())
+
+    def run_claimed(self, claimed: Row[Any]) -> str:
+        """Execute a run this worker has claimed (``claim``'s row); answer its workspace."""
+        # A detached Run of what the claim returned: nothing is read again.
+        run = Run(**claimed._asdict())
+
+        def read() -> dict[str, Any]:
+            with self.db.read() as s:
                 doc = s.scalar(select(AppVersion.workflow).where(AppVersion.id == run.version_id))
-                assert doc is not None
-                return dict(doc)
+            assert doc is not None
+            return dict(doc)
 
-            workflow = self.workflows.load(run.version_id, read)
-        token = CancelToken()
+        with self._lock:
+            token = self.active.setdefault(run.id, CancelToken())
         if run.cancel_requested_at is not None:
             token.cancel(CANCELED_BY_REQUEST)
-        with self._lock:
-            self.active[run_id] = token
         try:
+            workflow = self.workflows.load(run.version_id, read)
             self._execute(run, workflow, token)
         except Exception:
-            logger.exception("run %s: internal error", run_id)
+            logger.exception("run %s: internal error", run.id)
             with self.db.write() as s:
                 finish(
                     s,
-                    run_id,
+                    run.id,
                     self.owner,
                     run.attempt,
                     RunStatus.FAILED,
@@ -251,7 +262,7 @@ class RunProcessor:
                 )
         finally:
             with self._lock:
-                self.active.pop(run_id, None)
+                self.active.pop(run.id, None)
         return run.workspace_id
 
     def _execute(self, run: Run, workflow: Workflow, token: CancelToken) -> None:
@@ -290,8 +301,9 @@ class RunProcessor:
             status = RunStatus.CANCELED if failed.canceled else RunStatus.FAILED
             sink.close_pending(NodeStatus.CANCELED)
             # A canceled or failed run keeps the outputs it had already made.
-            partial = self._store_outputs(run, workflow, failed.outputs, partial=True)
+            partial, assets = self._store_outputs(run, workflow, failed.outputs, partial=True)
             with self.db.write() as s:
+                s.add_all(assets)
                 ok = sink.drain(s) and finish(
                     s,
                     run.id,
@@ -305,8 +317,9 @@ class RunProcessor:
                 )
             logger.info("run %s %s: %s", run.id, status, failed.error)
         else:
-            outputs = self._store_outputs(run, workflow, values)
+            outputs, assets = self._store_outputs(run, workflow, values)
             with self.db.write() as s:
+                s.add_all(assets)
                 ok = sink.drain(s) and finish(
                     s,
                     run.id,
@@ -322,8 +335,11 @@ class RunProcessor:
 
     def _store_outputs(
         self, run: Run, workflow: Workflow, values: dict[str, object], *, partial: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[Asset]]:
+        """The run's outputs as stored on the run, and the assets of its files (their
+        blobs already kept) for the terminal transaction to record with the status."""
         outputs: list[dict[str, Any]] = []
+        assets: list[Asset] = []
         for out in workflow.outputs:
             if out.node_id not in values and partial:
                 continue
@@ -334,7 +350,7 @@ class RunProcessor:
                 continue
             value = values[out.node_id]
             if isinstance(value, Artifact):
-                asset = self.files.store(
+                asset = self.files.keep(
                     run.workspace_id,
                     value.data,
                     filename=value.filename,
@@ -342,6 +358,7 @@ class RunProcessor:
                     content_type=value.content_type,
                     run_id=run.id,
                 )
+                assets.append(asset)
                 outputs.append(
                     {
                         "nodeId": out.node_id,
@@ -355,7 +372,7 @@ class RunProcessor:
                 )
             else:
                 outputs.append({"nodeId": out.node_id, "kind": out.output_type, "value": value})
-        return outputs
+        return outputs, assets
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Stop a run in flight on this worker, if it is here."""

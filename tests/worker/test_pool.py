@@ -1,0 +1,134 @@
+"""The in-process worker pool: a new run goes straight to a waiting worker, claimed in
+the transaction that creates it; with no worker waiting it is queued and claimed later."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from flowy.db.models import Run, RunEvent
+from flowy.services.keys import create_workspace
+from flowy.services.platform import Platform
+from flowy.services.states import TERMINAL
+from flowy.settings import Settings
+
+
+def _delay(seconds: float) -> dict[str, object]:
+    return {
+        "nodes": [
+            {"id": "node_1", "type": "input.text", "params": {"required": True}},
+            {
+                "id": "node_2",
+                "type": "util.delay",
+                "params": {"seconds": seconds},
+                "inputs": {"value": {"node": "node_1", "port": "text"}},
+            },
+            {
+                "id": "node_3",
+                "type": "output.text",
+                "inputs": {"text": {"node": "node_2", "port": "value"}},
+            },
+        ]
+    }
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", worker={"concurrency": 1})
+    p = Platform.build(settings)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _wait_for_waiting_worker(p: Platform) -> None:
+    deadline = time.monotonic() + 10
+    while p.workers._waiting < 1:
+        assert time.monotonic() < deadline, "the worker never waited for a run"
+        time.sleep(0.005)
+
+
+def _record_enqueues(p: Platform) -> list[str]:
+    """The run ids that go through the queue from now on (they are still queued)."""
+    seen: list[str] = []
+    enqueue = p.runs.enqueue
+
+    def record(run_id: str) -> None:
+        seen.append(run_id)
+        enqueue(run_id)
+
+    p.runs.enqueue = record
+    return seen
+
+
+def _status(p: Platform, run_id: str) -> str:
+    with p.db.read() as s:
+        return str(s.scalar(select(Run.status).where(Run.id == run_id)))
+
+
+def _events(p: Platform, run_id: str) -> list[str]:
+    with p.db.read() as s:
+        q = select(RunEvent.type).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
+        return list(s.scalars(q))
+
+
+def _wait_ended(p: Platform, run_id: str) -> str:
+    deadline = time.monotonic() + 20
+    while (status := _status(p, run_id)) not in TERMINAL:
+        assert time.monotonic() < deadline, f"run {run_id} is still {status}"
+        time.sleep(0.01)
+    return status
+
+
+def test_a_new_run_is_claimed_in_the_transaction_that_creates_it(platform: Platform) -> None:
+    ws = create_workspace(platform.db, "direct")
+    app = platform.apps.create(ws, title="Wait", workflow=_delay(0.3), published=True).app.id
+    _wait_for_waiting_worker(platform)
+    queued = _record_enqueues(platform)
+
+    run = platform.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
+
+    # Nothing went through the queue.  The answer is the run as accepted; the row is
+    # already running, with both events committed together by the create.
+    assert queued == []
+    assert run.status == "queued"
+    assert _status(platform, run.id) == "running"
+    assert _events(platform, run.id)[:2] == ["run.queued", "run.started"]
+    assert _wait_ended(platform, run.id) == "completed"
+    with platform.db.read() as s:
+        row = s.get(Run, run.id)
+        assert row is not None and row.attempt == 1
+        assert [o["value"] for o in row.outputs] == ["hi"]
+
+
+def test_with_no_worker_waiting_a_run_is_queued_then_claimed(platform: Platform) -> None:
+    ws = create_workspace(platform.db, "queued")
+    app = platform.apps.create(ws, title="Wait", workflow=_delay(0.5), published=True).app.id
+    _wait_for_waiting_worker(platform)
+    queued = _record_enqueues(platform)
+    first = platform.runs.create(ws, app, {"inputs": {"node_1": "one"}})
+    # The only worker is busy with the first run: the second waits in the queue.
+    second = platform.runs.create(ws, app, {"inputs": {"node_1": "two"}})
+    assert queued == [second.id]
+    assert _status(platform, first.id) == "running"
+    assert _status(platform, second.id) == "queued"
+    assert _events(platform, second.id) == ["run.queued"]
+    assert _wait_ended(platform, first.id) == "completed"
+    assert _wait_ended(platform, second.id) == "completed"
+    assert _events(platform, second.id)[:2] == ["run.queued", "run.started"]
+
+
+def test_a_run_handed_to_a_worker_can_be_canceled(platform: Platform) -> None:
+    ws = create_workspace(platform.db, "cancel")
+    app = platform.apps.create(ws, title="Wait", workflow=_delay(5.0), published=True).app.id
+    _wait_for_waiting_worker(platform)
+    run = platform.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
+    platform.runs.cancel(ws, run.id)
+    assert _wait_ended(platform, run.id) == "canceled"
+    assert _events(platform, run.id)[-1] == "run.canceled"
