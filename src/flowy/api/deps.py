@@ -6,10 +6,10 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Request, Response
 
 from flowy.errors import BadRequest, Issue, ValidationFailed
-from flowy.services.keys import authenticate, touch_key
+from flowy.services.keys import KeyCache, touch_key
 from flowy.services.platform import Platform
 
 
@@ -21,20 +21,31 @@ async def platform(request: Request) -> Platform:  # async: no thread hop for a 
 PlatformDep = Annotated[Platform, Depends(platform)]
 
 
-async def workspace(
-    p: PlatformDep,
-    response: Response,
-    # Documented as the bearer security scheme of the OpenAPI document, not a parameter.
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> str:
+def authorize(request: Request) -> tuple[str, dict[str, str]]:
+    """The workspace of the request's Bearer key and the rate-limit headers of its answer.
+
+    Raises AuthError (401) for a missing, malformed, unknown or revoked key and
+    RateLimited (429) when the key is over its request rate.
+    """
+    state = request.app.state
+    keys: KeyCache = state.keys
+    p: Platform = state.platform
+    # Read here, not declared as a Header parameter: the bearer security scheme of the
+    # OpenAPI document describes it, and a parameter costs a validation per request.
+    # On the event loop, not a thread: a dict lookup, or one indexed read every few
+    # seconds per key (WAL reads never wait).
+    who = keys.authenticate(request.headers.get("authorization"))
+    if who.stale:  # the rare write goes to a thread, unawaited
+        asyncio.get_running_loop().run_in_executor(None, touch_key, p.db, who.key_id)
+    return who.workspace_id, p.limiter.hit(who.key_id)
+
+
+async def workspace(request: Request, response: Response) -> str:
     """The workspace of the Bearer key; AuthError (401) otherwise, RateLimited (429) when
     the key is over its request rate."""
-    # On the event loop, not a thread: one indexed read, and WAL reads never wait.
-    caller = authenticate(p.db, authorization)
-    if caller.stale:  # the rare write goes to a thread, unawaited
-        asyncio.get_running_loop().run_in_executor(None, touch_key, p.db, caller.key_id)
-    response.headers.update(p.limiter.hit(caller.key_id))
-    return caller.workspace_id
+    ws, headers = authorize(request)
+    response.headers.update(headers)
+    return ws
 
 
 WorkspaceDep = Annotated[str, Depends(workspace)]
