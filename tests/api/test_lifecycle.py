@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import requests
 
@@ -255,6 +258,36 @@ def test_live_stream_with_keepalives(server: FlowyProcess) -> None:
     assert_error(
         requests.get(f"{server.api}/runs/{run_id}/events", timeout=10), 401, "unauthorized"
     )
+
+
+def test_many_concurrent_streams_all_get_every_event(server: FlowyProcess) -> None:
+    """Streams opened before, during and after a run's events: each gets all of them,
+    once, in order, and ends after the terminal one."""
+    app = _app(server, _echo(0.8))
+    run_id = _start(server, app, "crowd")
+
+    async def read(client: httpx.AsyncClient, delay: float) -> list[tuple[int, str]]:
+        await asyncio.sleep(delay)
+        async with client.stream("GET", f"/runs/{run_id}/events") as res:
+            assert res.status_code == 200
+            text = "".join([chunk async for chunk in res.aiter_text()])
+        return [
+            (int(m[1]), json.loads(m[3])["type"])
+            for m in re.finditer(r"id: (\d+)\nevent: (\S+)\ndata: (.*)\n\n", text)
+        ]
+
+    async def crowd() -> list[list[tuple[int, str]]]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=server.api, headers=server.headers(), limits=limits, timeout=30
+        ) as client:
+            return await asyncio.gather(*(read(client, i * 0.01) for i in range(150)))
+
+    streams = asyncio.run(crowd())
+    first = streams[0]
+    assert [seq for seq, _ in first] == list(range(1, len(first) + 1))
+    assert first[-1][1] == "run.completed" and len(first) >= 8
+    assert all(s == first for s in streams)
 
 
 def test_run_lists_filter_and_page(server: FlowyProcess) -> None:

@@ -185,3 +185,80 @@ def test_input_count_and_page_size_caps(server: FlowyProcess) -> None:
         "at most 3 inputs",
     )
     assert_error(server.get("/runs", params={"limit": 101}), 422, "validation_error", "limit")
+
+
+def test_a_polled_run_answers_the_rate_limit_headers(server: FlowyProcess) -> None:
+    app = _app(server, 0)
+    run = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "hi"}}).json()["data"]
+    polled = server.get(f"/runs/{run['runId']}")
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["data"]["runId"] == run["runId"]
+    listed = server.get("/apps")
+    names = {h for h in listed.headers if h.lower().startswith("ratelimit-")}
+    assert names == {
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "ratelimit-policy",
+    }
+    for name in names:
+        assert polled.headers[name], name
+    assert polled.headers["ratelimit-limit"] == "400"
+    assert polled.headers["ratelimit-policy"] == listed.headers["ratelimit-policy"]
+    assert int(polled.headers["ratelimit-remaining"]) < 400
+
+
+def test_a_new_run_answers_as_documented_and_its_replay_says_so(server: FlowyProcess) -> None:
+    app = _app(server, 0)
+    key = str(uuid.uuid4())
+    body = {"inputs": {"node_1": "héllo"}}
+    # Header names are case-insensitive: the SDK sends them in lower case.
+    first = server.post(f"/apps/{app}/runs", json=body, headers={"idempotency-key": key})
+    assert first.status_code == 201, first.text
+    assert first.headers["content-type"] == "application/json"
+    data = first.json()["data"]
+    assert set(first.json()) == {"data"}
+    assert set(data) == {"runId", "status", "appId", "createdAt"}
+    assert data["status"] == "queued" and data["appId"] == app
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", data["createdAt"])
+    assert first.headers["ratelimit-limit"] == "400"
+    assert "preference-applied" not in first.headers
+    replay = server.post(
+        f"/apps/{app}/runs", json=body, headers={"IDEMPOTENCY-KEY": key, "Prefer": "wait=5"}
+    )
+    assert replay.status_code == 201, replay.text
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers["preference-applied"] == "wait=5"
+    assert int(replay.headers["ratelimit-remaining"]) < int(first.headers["ratelimit-remaining"])
+    run = replay.json()["data"]
+    assert run["runId"] == data["runId"] and run["status"] == "completed"
+    assert run == server.get(f"/runs/{data['runId']}").json()["data"]
+    assert _runs(server, app) == [data["runId"]]
+
+
+def test_a_run_request_is_checked_key_then_body_then_headers(server: FlowyProcess) -> None:
+    app = _app(server, 0)
+    path = f"/apps/{app}/runs"
+    malformed = b'{"inputs": {'
+    json_type = {"Content-Type": "application/json"}
+    res = requests.post(
+        server.api + path,
+        data=malformed,
+        headers={**json_type, "Prefer": "wait=soon", "Authorization": "Bearer flowy_sk_nope"},
+        timeout=30,
+    )
+    assert_error(res, 401, "unauthorized")
+    res = server.post(path, data=malformed, headers={**json_type, "Prefer": "wait=soon"})
+    assert_error(res, 400, "bad_request", "malformed JSON")
+    both = {"Prefer": "wait=soon", "Idempotency-Key": "x" * 300}
+    err = assert_error(
+        server.post(path, json={"inputs": {}}, headers=both), 422, "validation_error"
+    )
+    assert [d["field"] for d in err["details"]] == ["header.prefer"]
+    err = assert_error(
+        server.post(path, json={"inputs": {}}, headers={"Idempotency-Key": "x" * 300}),
+        422,
+        "validation_error",
+    )
+    assert [d["field"] for d in err["details"]] == ["header.idempotency-key"]
+    assert _runs(server, app) == []

@@ -13,17 +13,48 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from flowy.db.models import IdempotencyKey, utcnow
+from flowy.db.prepared import Prepared
 from flowy.db.session import Database
 from flowy.errors import Conflict, Issue, ValidationFailed
 
 TTL = timedelta(hours=24)
 MAX_KEY = 255
+
+# Every request with a key makes three short write transactions (reserve, then store or
+# release); as prepared statements they cost a fraction of the ORM's get/add/flush.
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_THIS_KEY = (_KEYS.c.workspace_id == bindparam("p_workspace_id")) & (
+    _KEYS.c.key == bindparam("p_key")
+)
+_READ = Prepared(
+    select(
+        _KEYS.c.request_hash,
+        _KEYS.c.state,
+        _KEYS.c.status_code,
+        _KEYS.c.response,
+        _KEYS.c.expires_at,
+    ).where(_THIS_KEY)
+)
+_RESERVE = Prepared(
+    insert(_KEYS),
+    ["workspace_id", "key", "request_hash", "state", "created_at", "expires_at"],
+)
+_STORE = Prepared(
+    update(_KEYS)
+    .where(_THIS_KEY)
+    .values(
+        state="done",
+        status_code=bindparam("p_status_code"),
+        response=bindparam("p_response", type_=_KEYS.c.response.type),
+    )
+)
+_RELEASE = Prepared(delete(_KEYS).where(_THIS_KEY))
 
 
 @dataclass(frozen=True)
@@ -53,6 +84,13 @@ def check_key(key: str) -> None:
 class IdempotencyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Prepared statements run on the driver's cursor: a duplicate key raises the
+        # driver's own IntegrityError, not SQLAlchemy's wrapper of it.
+        driver = db.write_engine.dialect.dbapi
+        self._duplicate: tuple[type[Exception], ...] = (
+            IntegrityError,
+            getattr(driver, "IntegrityError", IntegrityError),
+        )
 
     def run_once(
         self, workspace_id: str, key: str, fingerprint: str, work: Callable[[], Answer]
@@ -63,6 +101,7 @@ class IdempotencyStore:
         Conflict (409) while the first request with the key is still running.
         """
         check_key(key)
+        this = {"p_workspace_id": workspace_id, "p_key": key}
         replay = self._reserve(workspace_id, key, fingerprint)
         if replay is not None:
             return replay
@@ -70,39 +109,32 @@ class IdempotencyStore:
             answer = work()
         except BaseException:
             with self.db.write() as s:
-                s.execute(
-                    delete(IdempotencyKey).where(
-                        IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key
-                    )
-                )
+                _RELEASE.execute(s, this)
             raise
         with self.db.write() as s:
-            row = s.get(IdempotencyKey, (workspace_id, key))
-            if row is not None:
-                row.state = "done"
-                row.status_code = answer.status
-                row.response = answer.body
+            _STORE.execute(s, {**this, "p_status_code": answer.status, "p_response": answer.body})
         return answer
 
     def _reserve(self, workspace_id: str, key: str, fingerprint: str) -> Answer | None:
         now = utcnow()
+        this = {"p_workspace_id": workspace_id, "p_key": key}
         try:
             with self.db.write() as s:
-                row = s.get(IdempotencyKey, (workspace_id, key))
+                row = _READ.execute(s, this).first()
                 if row is not None and row.expires_at <= now:
-                    s.delete(row)
-                    s.flush()
+                    _RELEASE.execute(s, this)
                     row = None
                 if row is None:
-                    s.add(
-                        IdempotencyKey(
-                            workspace_id=workspace_id,
-                            key=key,
-                            request_hash=fingerprint,
-                            state="pending",
-                            created_at=now,
-                            expires_at=now + TTL,
-                        )
+                    _RESERVE.execute(
+                        s,
+                        {
+                            "workspace_id": workspace_id,
+                            "key": key,
+                            "request_hash": fingerprint,
+                            "state": "pending",
+                            "created_at": now,
+                            "expires_at": now + TTL,
+                        },
                     )
                     return None
                 if row.request_hash != fingerprint:
@@ -121,7 +153,7 @@ class IdempotencyStore:
                         "a request with this Idempotency-Key is still in progress; retry shortly"
                     )
                 return Answer(row.status_code, row.response, replayed=True)
-        except IntegrityError:
+        except self._duplicate:
             # Another request reserved the key between our read and our insert.
             raise Conflict(
                 "a request with this Idempotency-Key is still in progress; retry shortly"
