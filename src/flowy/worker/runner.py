@@ -329,7 +329,7 @@ class RunProcessor:
                     outputs=outputs,
                     nodes=sink.states,
                 )
-            logger.info("run %s completed", run.id)
+            logger.debug("run %s completed", run.id)  # one a run: too chatty for INFO
         if not ok:
             logger.warning("run %s: lease lost before finishing; result dropped", run.id)
 
