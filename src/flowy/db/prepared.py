@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -95,15 +95,9 @@ class Prepared:
             out.append(value if proc is None or value is None else proc(value))
         return tuple(out) if c.positional else dict(zip(c.names, out, strict=True))
 
-    @staticmethod
-    def _connection(bind: Session | Connection) -> Connection:
-        return bind.connection() if isinstance(bind, Session) else bind
-
-    def execute(self, bind: Session | Connection, values: Mapping[str, Any]) -> Result:
-        """Run the statement with ``values`` in ``bind``'s transaction."""
-        conn = self._connection(bind)
-        c = self._compile(conn.dialect)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    def _run(self, dbapi: Any, dialect: Dialect, values: Mapping[str, Any]) -> Result:
+        c = self._compile(dialect)
+        cursor = dbapi.cursor()
         try:
             cursor.execute(c.sql, self._params(c, values))
             rows = cursor.fetchall() if cursor.description is not None else []
@@ -111,9 +105,22 @@ class Prepared:
         finally:
             cursor.close()
 
+    def execute(self, bind: Session | Connection | Engine, values: Mapping[str, Any]) -> Result:
+        """Run the statement with ``values`` in ``bind``'s transaction; on an Engine, on a
+        pooled connection of its own and no transaction (one SELECT reads one consistent
+        snapshot by itself: what the poll and other single reads need)."""
+        if isinstance(bind, Engine):
+            dbapi = bind.raw_connection()
+            try:
+                return self._run(dbapi, bind.dialect, values)
+            finally:
+                dbapi.close()  # back to the pool, which rolls back whatever the driver began
+        conn = bind.connection() if isinstance(bind, Session) else bind
+        return self._run(conn.connection.driver_connection, conn.dialect, values)
+
     def execute_many(self, bind: Session | Connection, values: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per item of ``values`` (one DBAPI ``executemany``)."""
-        conn = self._connection(bind)
+        conn = bind.connection() if isinstance(bind, Session) else bind
         c = self._compile(conn.dialect)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:

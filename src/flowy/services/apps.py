@@ -129,21 +129,19 @@ class AppService:
         """What starting a run needs: the app's publication, its current version id and
         its workflow, in one small read (the version's document only when its workflow
         is not cached).  NotFound as :meth:`get`."""
-        with self.db.read_engine.connect() as conn:
-            row = _RUNNABLE.execute(conn, {"p_app_id": app_id}).first() if is_id(app_id) else None
-            if row is None or row.workspace_id != workspace_id or row.deleted_at is not None:
-                raise NotFound(f"app {app_id} not found")
-            version_id = row.current_version_id
-            assert version_id is not None
+        engine = self.db.read_engine
+        row = _RUNNABLE.execute(engine, {"p_app_id": app_id}).first() if is_id(app_id) else None
+        if row is None or row.workspace_id != workspace_id or row.deleted_at is not None:
+            raise NotFound(f"app {app_id} not found")
+        version_id = row.current_version_id
+        assert version_id is not None
 
-            def read() -> dict[str, Any]:
-                doc = _WORKFLOW.execute(conn, {"p_version_id": version_id}).scalar()
-                assert doc is not None
-                return dict(doc)
+        def read() -> dict[str, Any]:
+            doc = _WORKFLOW.execute(engine, {"p_version_id": version_id}).scalar()
+            assert doc is not None
+            return dict(doc)
 
-            return Runnable(
-                row.id, row.published, version_id, self.workflows.load(version_id, read)
-            )
+        return Runnable(row.id, row.published, version_id, self.workflows.load(version_id, read))
 
     def create(
         self,

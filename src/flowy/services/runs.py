@@ -10,9 +10,9 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, Row, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from flowy.db.models import App, Run, utcnow
@@ -59,72 +59,8 @@ _VIEW_COLUMNS = (
     Run.deadline_at,
     Run.nodes,
 )
-_READ_VIEW = select(*_VIEW_COLUMNS).where(Run.id == bindparam("run_id"))
-
-
-class _ViewRow(NamedTuple):
-    """The columns of ``_READ_VIEW``, under the attribute names :meth:`RunService.public`
-    reads from a Run."""
-
-    id: str
-    workspace_id: str
-    app_id: str
-    version_id: str
-    status: str
-    outputs: list[Any]
-    error: str | None
-    error_node: str | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    attempt: int
-    deadline_at: datetime | None
-    nodes: dict[str, Any]
-
-
-class _ViewQuery:
-    """``_READ_VIEW`` compiled once for an engine and run on a pooled DBAPI connection.
-
-    The poll is the hottest read, and SQLAlchemy's per-statement work (a Connection, its
-    transaction - on SQLite an extra ``BEGIN`` round trip - the compiled-cache lookup and
-    a Result) cost several times the indexed lookup itself.  One SELECT needs no
-    transaction of its own: it reads one consistent snapshot.  Values are converted by
-    the columns' own types, so they are what a Core query would answer.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        dialect = engine.dialect
-        compiled = _READ_VIEW.compile(dialect=dialect)
-        self._engine = engine
-        self._sql = compiled.string
-        self._positional = compiled.positional
-        self._bind = Run.id.type.dialect_impl(dialect).bind_processor(dialect)
-        self._convert = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in _VIEW_COLUMNS
-        ]
-        assert list(_ViewRow._fields) == [c.key for c in _VIEW_COLUMNS]
-
-    def first(self, run_id: str) -> _ViewRow | None:
-        value = run_id if self._bind is None else self._bind(run_id)
-        params: tuple[Any] | dict[str, Any] = (value,) if self._positional else {"run_id": value}
-        conn = self._engine.raw_connection()
-        try:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(self._sql, params)
-                raw = cursor.fetchone()
-            finally:
-                cursor.close()
-        finally:
-            conn.close()  # back to the pool, which rolls back whatever the driver began
-        if raw is None:
-            return None
-        return _ViewRow(
-            *(
-                v if f is None or v is None else f(v)
-                for f, v in zip(self._convert, raw, strict=True)
-            )
-        )
+#: The poll's one query, straight on the driver (no Session, no transaction).
+_READ_VIEW = Prepared(select(*_VIEW_COLUMNS).where(Run.id == bindparam("run_id")))
 
 
 _RUN_COLUMNS = [c.key for c in Run.__table__.c]
@@ -181,7 +117,6 @@ class RunService:
         self.files = files
         self.enqueue = enqueue
         self.cancel_local = cancel_local
-        self._view_query = _ViewQuery(db.read_engine)
 
     def create(self, workspace_id: str, app_id: str, body: object) -> Run:
         """Validate a run request, store the run as ``queued`` and queue it, or hand it
@@ -365,10 +300,10 @@ class RunService:
 
     def read_view(self, workspace_id: str, run_id: str) -> dict[str, Any]:
         """``public(get(...))`` for the poll, the hottest read: one query of just the
-        columns the view shows, straight on the driver (see ``_ViewQuery``)."""
+        columns the view shows, straight on the driver (see ``_READ_VIEW``)."""
         if not is_id(run_id):
             raise NotFound(f"run {run_id} not found")
-        row = self._view_query.first(run_id)
+        row = _READ_VIEW.execute(self.db.read_engine, {"run_id": run_id}).first()
         if row is None or row.workspace_id != workspace_id:
             raise NotFound(f"run {run_id} not found")
         # The row has every attribute public() reads, under the same names.
