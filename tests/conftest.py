@@ -1,4 +1,5 @@
-"""Shared fixtures: a real portrait, a static file server, a running Flowy."""
+"""Shared fixtures: a migrated database, a real portrait, a static file server, a running
+Flowy."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flowy.db.migrate import upgrade
+from flowy.db.session import Database
 from tests.flowy_process import FlowyProcess, StaticServer
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A SQLite database in the test's own directory, migrated to the newest schema."""
+    url = f"sqlite:///{tmp_path / 'flowy.db'}"
+    upgrade(url)
+    d = Database(url)
+    yield d
+    d.dispose()
 
 
 @pytest.fixture(scope="session")

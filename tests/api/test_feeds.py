@@ -10,29 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from flowy.api.feeds import READ_BATCH, EventStream, FeedSource, RunFeeds
-from flowy.db.migrate import upgrade
 from flowy.db.models import App, AppVersion, Run, RunEvent, Workspace
 from flowy.db.session import Database
 from flowy.services.events import LocalEventBus, emit
 from flowy.services.states import RunStatus
 
 _EVENT = re.compile(rb"id: (\d+)\nevent: ([a-z._]+)\ndata: (\{.*?\})\n\n")
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 @pytest.fixture

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, bindparam, insert, select, update
 
-from flowy.db.migrate import upgrade
 from flowy.db.models import Run, Workspace, utcnow
 from flowy.db.prepared import Prepared
 from flowy.db.session import Database
@@ -32,15 +29,6 @@ TOUCH = Prepared(
     .values(status="running", attempt=RUNS.c.attempt + 1, started_at=bindparam("p_now"))
     .returning(RUNS.c.id, RUNS.c.attempt, RUNS.c.started_at)
 )
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 def _run_values(db: Database, run_id: str, **extra: Any) -> dict[str, Any]:

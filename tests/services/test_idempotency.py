@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from flowy.db.migrate import upgrade
 from flowy.db.models import IdempotencyKey, utcnow
 from flowy.db.session import Database
 from flowy.errors import Conflict, ValidationFailed
 from flowy.services import idempotency
 from flowy.services.idempotency import Answer, IdempotencyStore, request_hash
 from flowy.services.keys import create_workspace
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowy.db.migrate import upgrade
 from flowy.db.models import App, AppVersion, Run, Workspace, utcnow
 from flowy.db.session import Database
 from flowy.engine.registry import default_registry
@@ -21,15 +19,6 @@ from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 @pytest.fixture

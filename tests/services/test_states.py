@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from flowy.db.migrate import upgrade
 from flowy.db.models import App, AppVersion, Run, Workspace, utcnow
 from flowy.db.session import Database
 from flowy.services.states import (
@@ -23,15 +20,6 @@ from flowy.services.states import (
 )
 
 LEASE = timedelta(minutes=5)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 @pytest.fixture

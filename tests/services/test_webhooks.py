@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from flowy.db.migrate import upgrade
 from flowy.db.models import (
     App,
     AppVersion,
@@ -176,15 +174,6 @@ def test_good_urls_and_events() -> None:
 
 
 # --------------------------------------------------------------------------- outbox
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'flowy.db'}"
-    upgrade(url)
-    d = Database(url)
-    yield d
-    d.dispose()
 
 
 @pytest.fixture
