@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import numpy as np
@@ -59,13 +61,8 @@ def probe_image(data: bytes, *, max_pixels: int) -> tuple[int, int]:
             allowed format or is too large.  Damage further into the pixel data shows
             only when the image is decoded.
     """
-    if not data:
-        raise MediaError("not a decodable image: the input is empty")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _quiet_pillow(data, "probing"):
         image = _open(data, max_pixels=max_pixels)
-    for warning in caught:
-        logger.debug("pillow warning while probing: %s", warning.message)
     size: tuple[int, int] = image.size
     image.close()
     return size
@@ -86,31 +83,49 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             ``"not a decodable image: ..."`` when the bytes are empty, not an image in an
             allowed format, truncated or corrupt.
     """
-    if not data:
-        raise MediaError("not a decodable image: the input is empty")
-    # Pillow reports oddities (bad EXIF, its bomb heuristic, ...) as warnings.  They must
-    # not leak into callers — a run is not the place for them, and under "warnings as
-    # errors" they would turn a decodable image into a crash — so record and log them.
-    # (catch_warnings swaps process-global state; a concurrent thread's warning may land
-    # in this record or escape it, which only ever affects logging, never the result.)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _quiet_pillow(data, "decoding"):
         image = _open_and_load(data, max_pixels=max_pixels)
-    for warning in caught:
-        logger.debug("pillow warning while decoding: %s", warning.message)
     image = _apply_exif_orientation(image)
     return _normalise_mode(image)
+
+
+@contextmanager
+def _quiet_pillow(data: bytes, doing: str) -> Iterator[None]:
+    """Refuse empty input; keep Pillow's warnings out of the caller's way.
+
+    Pillow reports oddities (bad EXIF, its bomb heuristic, ...) as warnings.  They must
+    not leak into callers — a run is not the place for them, and under "warnings as
+    errors" they would turn a decodable image into a crash — so record and log them.
+    (catch_warnings swaps process-global state; a concurrent thread's warning may land
+    in this record or escape it, which only ever affects logging, never the result.)
+    """
+    if not data:
+        raise MediaError("not a decodable image: the input is empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        logger.debug("pillow warning while %s: %s", doing, warning.message)
+
+
+@contextmanager
+def _as_media_error() -> Iterator[None]:
+    """Pillow's failures as MediaError: its bomb guard is "too large"; the rest - its
+    plugins raise a zoo of types on hostile input (OSError, SyntaxError, struct.error,
+    ValueError, ...) - all mean "not an image" to the caller."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"image is too large: {exc}") from exc
+    except Exception as exc:
+        raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
 
 
 def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open ``data``, enforce the pixel limit from the header, then decode the pixels."""
     image = _open(data, max_pixels=max_pixels)
-    try:
+    with _as_media_error():
         image.load()
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"image is too large: {exc}") from exc
-    except Exception as exc:
-        raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
     # Some plugins (ICO-like containers, TIFF) may settle on a different frame size while
     # loading; the limit is about what we now hold in memory, so check again.
     _check_pixels(image.size, max_pixels)
@@ -119,16 +134,10 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
 
 def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open ``data`` (header only) and enforce the pixel limit on its declared size."""
-    try:
+    # Pillow's hard ceiling (twice Image.MAX_IMAGE_PIXELS) fires inside open(), before we
+    # can look at the size ourselves; it is the same condition, so the same message.
+    with _as_media_error():
         image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        # Pillow's hard ceiling (twice Image.MAX_IMAGE_PIXELS) fires inside open(), before
-        # we can look at the size ourselves; it is the same condition, so same message.
-        raise MediaError(f"image is too large: {exc}") from exc
-    except Exception as exc:
-        # Pillow's plugins raise a zoo of types on hostile input (OSError, SyntaxError,
-        # struct.error, ValueError, ...); to the caller they all mean "not an image".
-        raise MediaError(f"not a decodable image: {_describe(exc)}") from exc
 
     # Image.open only parsed the header: the size is known, no pixels were inflated yet.
     _check_pixels(image.size, max_pixels)
