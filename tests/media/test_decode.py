@@ -197,3 +197,52 @@ def test_encode_png_and_formats() -> None:
 def test_encode_image_rejects_unknown_format() -> None:
     with pytest.raises(ValueError, match="unsupported image format"):
         encode_image(Image.new("RGB", (2, 2)), "gif")
+
+
+def _photo_like(size: int = 192) -> Image.Image:
+    """Smooth shading plus sensor-like noise: what PNG filters turn into short runs."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:size, 0:size]
+    base = np.stack([x, y, (x + y) // 2], axis=-1) * (255 / (size - 1))
+    noisy = base + rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def _text_like() -> Image.Image:
+    """A repeated glyph pattern: deflate's long matches find the repeats, runs do not."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (320, 160), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(8):
+        draw.text((4, 4 + 19 * row), "flowy renders the same words again " * 2, fill="black")
+    return image
+
+
+def _pillow_png(image: Image.Image, level: int, strategy: int) -> bytes:
+    return _save(image, "PNG", compress_level=level, compress_type=strategy)
+
+
+def test_png_of_a_photo_is_run_length_deflated_no_larger_and_lossless() -> None:
+    photo = _photo_like()
+    data = encode_png(photo)
+    assert data == _pillow_png(photo, 4, 3)  # zlib's Z_RLE
+    assert len(data) <= len(_pillow_png(photo, 4, -1))  # Pillow's own level 4
+    assert np.array_equal(np.asarray(decode_image(data, max_pixels=LIMIT)), np.asarray(photo))
+
+
+def test_png_of_text_keeps_the_smaller_default_deflate() -> None:
+    text = _text_like()
+    data = encode_png(text)
+    rle = _pillow_png(text, 4, 3)
+    assert data == _pillow_png(text, 4, -1)
+    assert len(data) < len(rle)
+    assert np.array_equal(np.asarray(decode_image(data, max_pixels=LIMIT)), np.asarray(text))
+
+
+def test_png_levels_7_to_9_and_0_use_pillows_default_strategy() -> None:
+    photo = _photo_like(64)
+    assert encode_png(photo, compress_level=9) == _pillow_png(photo, 9, -1)
+    assert encode_png(photo, compress_level=0) == _pillow_png(photo, 0, -1)
+    with pytest.raises(ValueError, match="compress_level"):
+        encode_png(photo, compress_level=10)

@@ -242,6 +242,7 @@ class ValueOutputParams(BaseModel):
     "output.image",
     title="Image output",
     category="output",
+    version="2",  # 2: PNG deflated run-length first (media.decode.encode_png)
     output_kind="image",
     params=ImageOutputParams,
     inputs={"image": Port("image")},
