@@ -114,6 +114,7 @@ class Platform:
         self.dispatcher.start()
 
     def stop(self) -> None:
+        self.runs.writer.close()  # runs accepted until now are committed and queued
         self.workers.stop()
         self.dispatcher.stop()
         cache = self.workers.processor.cache

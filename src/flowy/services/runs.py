@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -15,6 +16,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Row, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 
+from flowy.db.batch import GroupCommit
 from flowy.db.models import App, Run, utcnow
 from flowy.db.prepared import Prepared
 from flowy.db.session import Database
@@ -109,8 +111,10 @@ class RunService:
         cancel_local: Callable[[str, str], None] = lambda _run_id, _reason: None,
         max_inputs: int = 100,
         direct: DirectStart | None = None,
+        writer: GroupCommit | None = None,
     ) -> None:
         self.direct = direct
+        self.writer = writer or GroupCommit(db, name="flowy-run-writer")
         self.max_inputs = max_inputs
         self.db = db
         self.apps = apps
@@ -126,6 +130,33 @@ class RunService:
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
+        values = self._accept(workspace_id, app_id, body)
+        write, after, failed = self._write(values)
+        self.writer.run(write, after=after, failed=failed)
+        return Run(**values)
+
+    def start(self, workspace_id: str, app_id: str, body: object) -> Future[Run]:
+        """:meth:`create` for callers that wait otherwise (the API's event loop): the
+        request is checked here and now, raising as :meth:`create` does; the future
+        answers the run once the writer thread committed it, in one transaction with
+        the other runs that arrived meanwhile (group commit)."""
+        values = self._accept(workspace_id, app_id, body)
+        write, after, failed = self._write(values)
+        stored = self.writer.submit(write, after=after, failed=failed)
+        answer: Future[Run] = Future()
+
+        def done(f: Future[Row[Any] | None]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                answer.set_exception(exc)
+            else:
+                answer.set_result(Run(**values))
+
+        stored.add_done_callback(done)
+        return answer
+
+    def _accept(self, workspace_id: str, app_id: str, body: object) -> dict[str, Any]:
+        """Check a run request; the new run's column values."""
         app = self.apps.runnable(workspace_id, app_id)
         workflow = app.workflow
         if not app.published:
@@ -202,27 +233,40 @@ class RunService:
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
             values["deadline_at"] = now + timedelta(seconds=float(timeout))
+        return values
+
+    def _write(
+        self, values: dict[str, Any]
+    ) -> tuple[
+        Callable[[Session], Row[Any] | None],
+        Callable[[Row[Any] | None], None],
+        Callable[[], None],
+    ]:
+        """The accepted run's write (insert, first event, the app's count, and a claim
+        when a worker of this process waits for it), what follows its commit (the hand
+        to that worker, or the queue) and what follows its failure."""
+        run_id, app_id = values["id"], values["app_id"]
         direct = self.direct if self.direct is not None and self.direct.reserve() else None
-        claimed = None
-        try:
-            with self.db.write() as s:
-                _INSERT_RUN.execute(s, values)
-                emit(s, values["id"], "run.queued", {"status": RunStatus.QUEUED})
-                _COUNT_RUN.execute(s, {"p_app_id": app.app_id})
-                if direct is not None:
-                    claimed = direct.claim(s, values["id"])
-        except BaseException:
+
+        def write(s: Session) -> Row[Any] | None:
+            _INSERT_RUN.execute(s, values)
+            emit(s, run_id, "run.queued", {"status": RunStatus.QUEUED})
+            _COUNT_RUN.execute(s, {"p_app_id": app_id})
+            return direct.claim(s, run_id) if direct is not None else None
+
+        def after(claimed: Row[Any] | None) -> None:
+            if direct is not None and claimed is not None:
+                direct.hand(claimed)
+                return
             if direct is not None:
                 direct.release()
-            raise
-        if claimed is not None:
-            assert direct is not None
-            direct.hand(claimed)
-        else:
+            self.enqueue(run_id)
+
+        def failed() -> None:
             if direct is not None:
                 direct.release()
-            self.enqueue(values["id"])
-        return Run(**values)
+
+        return write, after, failed
 
     def cancel(self, workspace_id: str, run_id: str) -> Run:
         """Cancel a run: a queued one at once, a running one at its next check.
