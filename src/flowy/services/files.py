@@ -10,14 +10,17 @@ refusing Flowy's own loopback address).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from urllib.parse import parse_qs, quote, urlsplit
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.orm import Session
 
 from flowy.db.models import Asset, utcnow
+from flowy.db.prepared import Prepared
 from flowy.db.session import Database
 from flowy.errors import FlowyError, Forbidden, Gone, MediaError, NotFound
 from flowy.ids import is_id, new_id
@@ -28,6 +31,9 @@ from flowy.storage.signing import UrlSigner
 logger = logging.getLogger(__name__)
 
 FILES_PREFIX = "/v1/files/"
+
+_ASSET_COLUMNS = [c.key for c in Asset.__table__.c]
+_INSERT_ASSETS = Prepared(insert(cast(Table, Asset.__table__)), _ASSET_COLUMNS)
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:
@@ -113,6 +119,15 @@ class FileService:
             filename=filename,
             run_id=run_id,
         )
+
+    @staticmethod
+    def record(s: Session, assets: Sequence[Asset]) -> None:
+        """Add assets :meth:`keep` answered, in the caller's write transaction (one
+        statement for all, without the ORM's unit of work)."""
+        if assets:
+            _INSERT_ASSETS.execute_many(
+                s, [{c: getattr(a, c) for c in _ASSET_COLUMNS} for a in assets]
+            )
 
     def link(self, asset_id: str, filename: str) -> SignedLink:
         path = f"{FILES_PREFIX}{asset_id}/{quote(filename)}"

@@ -103,6 +103,14 @@ class RunSink:
         if not ok:
             self.lost = True
 
+    def drain_events(self, s: Session) -> None:
+        """Write the queued events in the caller's transaction, which writes the node
+        states itself and rolls back unless it holds the run (the terminal one)."""
+        with self._lock:
+            for event, data in self._pending:
+                emit(s, self.run_id, event, data)
+            self._pending.clear()
+
     def drain(self, s: Session) -> bool:
         """Write the node states and queued events in the caller's transaction (fenced);
         False if this worker no longer holds the run."""
@@ -170,6 +178,10 @@ class RunSink:
             for state in self.states.values():
                 if state["status"] in (NodeStatus.PENDING, NodeStatus.RUNNING):
                     state["status"] = status
+
+
+class _LeaseLost(Exception):
+    """Rolls back a terminal transaction whose fenced update found another owner."""
 
 
 class RunProcessor:
@@ -302,36 +314,47 @@ class RunProcessor:
             sink.close_pending(NodeStatus.CANCELED)
             # A canceled or failed run keeps the outputs it had already made.
             partial, assets = self._store_outputs(run, workflow, failed.outputs, partial=True)
+            ok = self._finish(run, sink, assets, status, partial, failed.error, failed.node_id)
+            logger.info("run %s %s: %s", run.id, status, failed.error)
+        else:
+            outputs, assets = self._store_outputs(run, workflow, values)
+            ok = self._finish(run, sink, assets, RunStatus.COMPLETED, outputs)
+            logger.debug("run %s completed", run.id)  # one a run: too chatty for INFO
+        if not ok:
+            logger.warning("run %s: lease lost before finishing; result dropped", run.id)
+
+    def _finish(
+        self,
+        run: Run,
+        sink: RunSink,
+        assets: list[Asset],
+        status: RunStatus,
+        outputs: list[dict[str, Any]],
+        error: str | None = None,
+        error_node: str | None = None,
+    ) -> bool:
+        """The terminal transaction: the run's last node events, its output files, its
+        status, outputs and node states in one fenced update.  Nothing of it is kept
+        (False) when this worker no longer holds the run."""
+        try:
             with self.db.write() as s:
-                s.add_all(assets)
-                ok = sink.drain(s) and finish(
+                sink.drain_events(s)
+                self.files.record(s, assets)
+                if not finish(
                     s,
                     run.id,
                     self.owner,
                     run.attempt,
                     status,
-                    outputs=partial,
-                    error=failed.error,
-                    error_node=failed.node_id,
-                    nodes=sink.states,
-                )
-            logger.info("run %s %s: %s", run.id, status, failed.error)
-        else:
-            outputs, assets = self._store_outputs(run, workflow, values)
-            with self.db.write() as s:
-                s.add_all(assets)
-                ok = sink.drain(s) and finish(
-                    s,
-                    run.id,
-                    self.owner,
-                    run.attempt,
-                    RunStatus.COMPLETED,
                     outputs=outputs,
+                    error=error,
+                    error_node=error_node,
                     nodes=sink.states,
-                )
-            logger.debug("run %s completed", run.id)  # one a run: too chatty for INFO
-        if not ok:
-            logger.warning("run %s: lease lost before finishing; result dropped", run.id)
+                ):
+                    raise _LeaseLost
+        except _LeaseLost:
+            return False
+        return True
 
     def _store_outputs(
         self, run: Run, workflow: Workflow, values: dict[str, object], *, partial: bool = False

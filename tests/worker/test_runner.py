@@ -1,0 +1,105 @@
+"""The terminal transaction of a run: all of it, or (lease lost) none of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydantic import BaseModel
+from sqlalchemy import select, update
+
+from flowy.db.models import Asset, Run, RunEvent
+from flowy.engine.registry import default_registry
+from flowy.engine.spec import NodeContext, Port, node
+from flowy.services.keys import create_workspace
+from flowy.services.platform import Platform
+from flowy.settings import Settings
+
+ENTERED = threading.Event()
+RELEASE = threading.Event()
+
+
+@node("test.gate", title="Gate", category="test", outputs={"image": Port("image")})
+def gate(ctx: NodeContext, params: BaseModel) -> dict[str, object]:
+    """Waits for the test to let it go, then makes a small image."""
+    ENTERED.set()
+    RELEASE.wait(10)
+    return {"image": Image.new("RGB", (8, 8), (200, 10, 10))}
+
+
+WORKFLOW = {
+    "nodes": [
+        {"id": "node_1", "type": "test.gate"},
+        {
+            "id": "node_2",
+            "type": "output.image",
+            "inputs": {"image": {"node": "node_1", "port": "image"}},
+        },
+    ]
+}
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    ENTERED.clear()
+    RELEASE.clear()
+    registry = default_registry(load_entry_points=False)
+    registry.register(gate)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", worker={"concurrency": 1})
+    p = Platform.build(settings, registry)
+    p.start()
+    yield p
+    RELEASE.set()
+    p.stop()
+
+
+def _start(p: Platform) -> tuple[str, str]:
+    ws = create_workspace(p.db, "test")
+    app = p.apps.create(ws, title="Gate", workflow=WORKFLOW, published=True).app.id
+    run = p.runs.create(ws, app, {"inputs": {}})
+    assert ENTERED.wait(10)
+    return ws, run.id
+
+
+def _wait_idle(p: Platform) -> None:
+    deadline = time.monotonic() + 10
+    while p.workers.processor.active:
+        assert time.monotonic() < deadline, "the worker did not finish the run"
+        time.sleep(0.01)
+
+
+def test_a_completed_run_keeps_its_file_status_and_events(platform: Platform) -> None:
+    ws, run_id = _start(platform)
+    RELEASE.set()
+    _wait_idle(platform)
+    run = platform.runs.get(ws, run_id)
+    assert run.status == "completed"
+    [output] = run.outputs
+    with platform.db.read() as s:
+        assets = list(s.scalars(select(Asset).where(Asset.run_id == run_id)))
+        events = list(s.scalars(select(RunEvent.type).where(RunEvent.run_id == run_id)))
+    assert [a.id for a in assets] == [output["assetId"]]
+    assert assets[0].kind == "output" and assets[0].content_type == "image/png"
+    assert events[-3:] == ["node.finished", "run.outputs", "run.completed"]
+
+
+def test_a_worker_that_lost_the_lease_writes_nothing_at_the_end(platform: Platform) -> None:
+    ws, run_id = _start(platform)
+    with platform.db.write() as s:  # the sweeper gave the run to another worker meanwhile
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(lease_owner="another-worker", attempt=Run.attempt + 1)
+        )
+    RELEASE.set()
+    _wait_idle(platform)
+    run = platform.runs.get(ws, run_id)
+    assert run.status == "running" and run.outputs == []
+    with platform.db.read() as s:
+        assert list(s.scalars(select(Asset.id).where(Asset.run_id == run_id))) == []
+        events = list(s.scalars(select(RunEvent.type).where(RunEvent.run_id == run_id)))
+    assert "run.completed" not in events and "node.finished" not in events
