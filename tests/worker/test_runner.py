@@ -103,3 +103,69 @@ def test_a_worker_that_lost_the_lease_writes_nothing_at_the_end(platform: Platfo
         assert list(s.scalars(select(Asset.id).where(Asset.run_id == run_id))) == []
         events = list(s.scalars(select(RunEvent.type).where(RunEvent.run_id == run_id)))
     assert "run.completed" not in events and "node.finished" not in events
+
+
+def _queue(p: Platform, ws: str, app_id: str, n: int) -> list[str]:
+    return [p.runs.create(ws, app_id, {"inputs": {}}).id for _ in range(n)]
+
+
+def _app_of(p: Platform, ws: str, run_id: str) -> str:
+    return p.runs.get(ws, run_id).app_id
+
+
+def test_a_backlog_is_claimed_in_the_transactions_that_end_runs(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, first = _start(platform)
+    queued = _queue(platform, ws, _app_of(platform, ws, first), 3)
+    assert [platform.runs.get(ws, r).status for r in queued] == ["queued"] * 3
+    claims: list[str] = []
+    process = platform.workers.processor.process
+    monkeypatch.setattr(
+        platform.workers.processor,
+        "process",
+        lambda run_id, *a: claims.append(run_id) or process(run_id, *a),
+    )
+    RELEASE.set()
+    for run_id in queued:
+        _wait_status(platform, ws, run_id, "completed")
+    # The one worker claimed each queued run as it finished the one before: none of
+    # them needed a claim transaction of its own.
+    assert claims == []
+    events = _events(platform, queued[0])
+    assert events[:2] == ["run.queued", "run.started"]
+
+
+def test_a_run_canceled_while_queued_is_not_started_by_the_one_before(
+    platform: Platform,
+) -> None:
+    ws, first = _start(platform)
+    doomed, kept = _queue(platform, ws, _app_of(platform, ws, first), 2)
+    platform.runs.cancel(ws, doomed)
+    RELEASE.set()
+    _wait_status(platform, ws, kept, "completed")
+    assert platform.runs.get(ws, doomed).status == "canceled"
+    assert "run.started" not in _events(platform, doomed)
+
+
+def test_the_next_run_survives_a_lost_lease_of_the_one_before(platform: Platform) -> None:
+    ws, first = _start(platform)
+    [after] = _queue(platform, ws, _app_of(platform, ws, first), 1)
+    with platform.db.write() as s:
+        s.execute(update(Run).where(Run.id == first).values(lease_owner="another-worker"))
+    RELEASE.set()
+    _wait_status(platform, ws, after, "completed")
+    assert platform.runs.get(ws, first).status == "running"  # the other worker's now
+
+
+def _events(p: Platform, run_id: str) -> list[str]:
+    with p.db.read() as s:
+        q = select(RunEvent.type).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
+        return list(s.scalars(q))
+
+
+def _wait_status(p: Platform, ws: str, run_id: str, status: str) -> None:
+    deadline = time.monotonic() + 10
+    while (now := p.runs.get(ws, run_id).status) != status:
+        assert time.monotonic() < deadline, f"run {run_id} is {now}, not {status}"
+        time.sleep(0.01)

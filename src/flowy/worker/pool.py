@@ -30,9 +30,47 @@ from flowy.services.idempotency import IdempotencyStore
 from flowy.services.secrets import SecretService
 from flowy.services.states import RunStatus, claim, requeue_expired
 from flowy.settings import Settings
-from flowy.worker.runner import RunProcessor
+from flowy.worker.runner import NextRun, RunProcessor
 
 logger = logging.getLogger(__name__)
+
+
+class _Successor(NextRun):
+    """A worker's :class:`NextRun`: in the transaction that ends its run, it claims the
+    run at the head of the queue, which the worker then runs without a claim of its own.
+    A run it could not claim (canceled meanwhile, or its workspace at its limit) goes
+    back to the queue, for the usual path to settle."""
+
+    def __init__(self, pool: LocalWorkerPool) -> None:
+        self.pool = pool
+        self._taken: str | None = None
+        self._claimed: Row[Any] | None = None
+        self._next: Row[Any] | None = None
+
+    def claim(self, s: Session) -> None:
+        self._taken = self.pool._take_queued()
+        if self._taken is not None:
+            self._claimed = self.pool.claim(s, self._taken)
+
+    def committed(self) -> None:
+        taken, claimed = self._taken, self._claimed
+        self._taken = self._claimed = None
+        if claimed is not None:
+            self.pool.processor.adopt(claimed)
+            self._next = claimed
+        elif taken is not None:
+            self.pool._requeue(taken)
+
+    def rolled_back(self) -> None:
+        taken = self._taken
+        self._taken = self._claimed = None
+        if taken is not None:
+            self.pool._requeue(taken)
+
+    def pop(self) -> Row[Any] | None:
+        """The run claimed for this worker, once."""
+        claimed, self._next = self._next, None
+        return claimed
 
 
 class LocalWorkerPool:
@@ -175,17 +213,31 @@ class LocalWorkerPool:
             pass
         IdempotencyStore(self.db).purge()
 
+    def _take_queued(self) -> str | None:
+        """The first queued run id, if the queue starts with one (without waiting)."""
+        with self._ready:
+            if self._queue and isinstance(self._queue[0], str) and not self._stop.is_set():
+                run_id: str = self._queue.popleft()  # type: ignore[assignment]
+                return run_id
+            return None
+
+    def _requeue(self, run_id: str) -> None:
+        with self._ready:
+            self._queue.appendleft(run_id)
+            self._ready.notify()
+
     def _work(self) -> None:
+        successor = _Successor(self)
         while not self._stop.is_set():
-            item = self._take()
+            item = successor.pop() or self._take()
             if item is None:
                 break
             run_id = item if isinstance(item, str) else item.id
             try:
                 if isinstance(item, str):
-                    outcome = self.processor.process(item)
+                    outcome = self.processor.process(item, successor)
                 else:
-                    outcome = self.processor.run_claimed(item)
+                    outcome = self.processor.run_claimed(item, successor)
             except Exception:
                 logger.exception("worker failed on run %s", run_id)
                 continue

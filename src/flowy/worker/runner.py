@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
@@ -180,6 +180,23 @@ class RunSink:
                     state["status"] = status
 
 
+class NextRun(Protocol):
+    """Claims a worker's next run in the transaction that ends its current one, so a
+    backlog costs one write transaction a run instead of two (embedded mode's pool)."""
+
+    def claim(self, s: Session) -> None:
+        """Take a queued run and claim it in ``s`` (or nothing, if none is queued)."""
+        ...
+
+    def committed(self) -> None:
+        """``s`` committed: the claimed run is this worker's next."""
+        ...
+
+    def rolled_back(self) -> None:
+        """``s`` rolled back: give the run back to the queue."""
+        ...
+
+
 class _LeaseLost(Exception):
     """Rolls back a terminal transaction whose fenced update found another owner."""
 
@@ -216,7 +233,7 @@ class RunProcessor:
             max_redirects=m.max_redirects,
         )
 
-    def process(self, run_id: str) -> str | None:
+    def process(self, run_id: str, next_run: NextRun | None = None) -> str | None:
         """Run ``run_id`` if this worker wins the claim.
 
         Returns the run's workspace id when it ran (its slot is free again), "deferred:"
@@ -234,7 +251,7 @@ class RunProcessor:
                 if limit and row is not None and row.status == RunStatus.QUEUED:
                     return "deferred:" + str(row.workspace_id)
                 return None
-        return self.run_claimed(claimed)
+        return self.run_claimed(claimed, next_run)
 
     def adopt(self, claimed: Row[Any]) -> None:
         """Take charge of a run claimed for this worker elsewhere (in the transaction
@@ -243,8 +260,9 @@ class RunProcessor:
         with self._lock:
             self.active.setdefault(claimed.id, CancelToken())
 
-    def run_claimed(self, claimed: Row[Any]) -> str:
-        """Execute a run this worker has claimed (``claim``'s row); answer its workspace."""
+    def run_claimed(self, claimed: Row[Any], next_run: NextRun | None = None) -> str:
+        """Execute a run this worker has claimed (``claim``'s row); answer its workspace.
+        ``next_run`` may claim this worker's next run in the transaction that ends it."""
         # A detached Run of what the claim returned: nothing is read again.
         run = Run(**claimed._asdict())
 
@@ -260,7 +278,7 @@ class RunProcessor:
             token.cancel(CANCELED_BY_REQUEST)
         try:
             workflow = self.workflows.load(run.version_id, read)
-            self._execute(run, workflow, token)
+            self._execute(run, workflow, token, next_run)
         except Exception:
             logger.exception("run %s: internal error", run.id)
             with self.db.write() as s:
@@ -277,7 +295,9 @@ class RunProcessor:
                 self.active.pop(run.id, None)
         return run.workspace_id
 
-    def _execute(self, run: Run, workflow: Workflow, token: CancelToken) -> None:
+    def _execute(
+        self, run: Run, workflow: Workflow, token: CancelToken, next_run: NextRun | None
+    ) -> None:
         sink = RunSink(self.db, run, self.owner, workflow)
         w = self.settings.worker
         deadline = None
@@ -314,11 +334,13 @@ class RunProcessor:
             sink.close_pending(NodeStatus.CANCELED)
             # A canceled or failed run keeps the outputs it had already made.
             partial, assets = self._store_outputs(run, workflow, failed.outputs, partial=True)
-            ok = self._finish(run, sink, assets, status, partial, failed.error, failed.node_id)
+            ok = self._finish(
+                run, sink, assets, next_run, status, partial, failed.error, failed.node_id
+            )
             logger.info("run %s %s: %s", run.id, status, failed.error)
         else:
             outputs, assets = self._store_outputs(run, workflow, values)
-            ok = self._finish(run, sink, assets, RunStatus.COMPLETED, outputs)
+            ok = self._finish(run, sink, assets, next_run, RunStatus.COMPLETED, outputs)
             logger.debug("run %s completed", run.id)  # one a run: too chatty for INFO
         if not ok:
             logger.warning("run %s: lease lost before finishing; result dropped", run.id)
@@ -328,14 +350,16 @@ class RunProcessor:
         run: Run,
         sink: RunSink,
         assets: list[Asset],
+        next_run: NextRun | None,
         status: RunStatus,
         outputs: list[dict[str, Any]],
         error: str | None = None,
         error_node: str | None = None,
     ) -> bool:
         """The terminal transaction: the run's last node events, its output files, its
-        status, outputs and node states in one fenced update.  Nothing of it is kept
-        (False) when this worker no longer holds the run."""
+        status, outputs and node states in one fenced update, and the claim of the
+        worker's next run.  Nothing of it is kept (False) when this worker no longer
+        holds the run."""
         try:
             with self.db.write() as s:
                 sink.drain_events(s)
@@ -352,8 +376,16 @@ class RunProcessor:
                     nodes=sink.states,
                 ):
                     raise _LeaseLost
-        except _LeaseLost:
-            return False
+                if next_run is not None:
+                    next_run.claim(s)
+        except BaseException as exc:
+            if next_run is not None:
+                next_run.rolled_back()
+            if isinstance(exc, _LeaseLost):
+                return False
+            raise
+        if next_run is not None:
+            next_run.committed()
         return True
 
     def _store_outputs(
