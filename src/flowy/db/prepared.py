@@ -34,6 +34,7 @@ class _Compiled:
     positional: bool
     defaults: Mapping[str, Any]  # values of the binds the statement carries itself
     binds: Mapping[str, Processor]
+    plan: tuple[tuple[str, Any, Processor], ...]  # per bind: name, own value, conversion
     results: tuple[Processor, ...]
     row: type[tuple[Any, ...]]  # a named tuple of the selected or returned columns
 
@@ -48,6 +49,7 @@ class Prepared:
     def __init__(self, statement: ClauseElement, columns: Sequence[str] = ()) -> None:
         self.statement = statement
         self.columns = list(columns)
+        self._required = frozenset(self.columns)
         self._by_dialect: dict[str, _Compiled] = {}
 
     def _compile(self, dialect: Dialect) -> _Compiled:
@@ -66,17 +68,20 @@ class Prepared:
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in selected
         )
         row = namedtuple("Row", [c.key or f"c{i}" for i, c in enumerate(selected)])  # type: ignore[misc]
+        names = tuple(compiled.positiontup or compiled.binds)
+        # Literal values (``status == "queued"``) are binds that carry their value.
+        defaults = {
+            k: bp.effective_value
+            for k, bp in compiled.binds.items()
+            if not bp.required and k not in self.columns
+        }
         done = _Compiled(
             sql=compiled.string,
-            names=tuple(compiled.positiontup or compiled.binds),
+            names=names,
             positional=bool(compiled.positional),
-            # Literal values (``status == "queued"``) are binds that carry their value.
-            defaults={
-                k: bp.effective_value
-                for k, bp in compiled.binds.items()
-                if not bp.required and k not in self.columns
-            },
+            defaults=defaults,
             binds=binds,
+            plan=tuple((n, defaults.get(n), binds.get(n)) for n in names),
             results=results,
             row=row,
         )
@@ -84,14 +89,13 @@ class Prepared:
         return done
 
     def _params(self, c: _Compiled, values: Mapping[str, Any]) -> Any:
-        missing = [k for k in self.columns if k not in values]
-        if missing:
+        if self.columns and not values.keys() >= self._required:
+            missing = [k for k in self.columns if k not in values]
             raise KeyError(f"values for {', '.join(missing)} are missing")
-        merged = {**c.defaults, **values}
+        get = values.get
         out = []
-        for name in c.names:
-            value = merged.get(name)
-            proc = c.binds.get(name)
+        for name, own, proc in c.plan:
+            value = get(name, own)
             out.append(value if proc is None or value is None else proc(value))
         return tuple(out) if c.positional else dict(zip(c.names, out, strict=True))
 
