@@ -91,6 +91,8 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_workspace_created", "workspace_id", "created_at"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
+        # The claim counts a workspace's running runs (the concurrent-run limit).
+        Index("ix_runs_workspace_status", "workspace_id", "status"),
     )
     id: Mapped[str] = _id()
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
