@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Table, bindparam, insert, select, update
 
 from flowy.db.models import Run, Workspace, utcnow
-from flowy.db.prepared import Prepared
+from flowy.db.prepared import Prepared, _driver
 from flowy.db.session import Database
 from flowy.engine.registry import default_registry
 from flowy.services.apps import AppService, WorkflowCache
@@ -111,3 +111,18 @@ def test_writes_commit_and_roll_back_with_the_transaction(db: Database) -> None:
         INSERT_WS.execute(s, {"id": "b" * 24, "name": "kept", "created_at": utcnow()})
     with db.read() as s:
         assert list(s.scalars(select(Workspace.name))) == ["kept"]
+
+
+def test_a_session_is_asked_again_for_its_connection_in_each_transaction(db: Database) -> None:
+    with db.read() as s:
+        first, _ = _driver(s)
+        assert _driver(s)[0] is first  # kept for the rest of the transaction
+        s.rollback()  # the connection goes back to the pool ...
+        held = db.read_engine.raw_connection()  # ... and is taken from it here
+        try:
+            assert held.driver_connection is first
+            current, _ = _driver(s)  # a new transaction, on another connection
+            assert current is not first
+            assert current is s.connection().connection.driver_connection
+        finally:
+            held.close()

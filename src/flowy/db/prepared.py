@@ -119,18 +119,37 @@ class Prepared:
                 return self._run(dbapi, bind.dialect, values)
             finally:
                 dbapi.close()  # back to the pool, which rolls back whatever the driver began
-        conn = bind.connection() if isinstance(bind, Session) else bind
-        return self._run(conn.connection.driver_connection, conn.dialect, values)
+        return self._run(*_driver(bind), values)
 
     def execute_many(self, bind: Session | Connection, values: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per item of ``values`` (one DBAPI ``executemany``)."""
-        conn = bind.connection() if isinstance(bind, Session) else bind
-        c = self._compile(conn.dialect)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        dbapi, dialect = _driver(bind)
+        c = self._compile(dialect)
+        cursor = dbapi.cursor()
         try:
             cursor.executemany(c.sql, [self._params(c, v) for v in values])
         finally:
             cursor.close()
+
+
+#: Session.info key of the transaction's DBAPI connection (see _driver).
+_DRIVER = "flowy_prepared_driver"
+
+
+def _driver(bind: Session | Connection) -> tuple[Any, Dialect]:
+    """The DBAPI connection of ``bind``'s transaction, and its dialect.  A session keeps
+    it for the rest of its transaction: asking the Session for its connection costs
+    more than most statements here."""
+    if isinstance(bind, Connection):
+        return bind.connection.driver_connection, bind.dialect
+    tx = bind.get_transaction()
+    known = bind.info.get(_DRIVER)
+    if known is not None and tx is not None and known[0] is tx:
+        return known[1], known[2]
+    conn = bind.connection()
+    dbapi = conn.connection.driver_connection
+    bind.info[_DRIVER] = (bind.get_transaction(), dbapi, conn.dialect)
+    return dbapi, conn.dialect
 
 
 class Result:

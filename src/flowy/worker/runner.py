@@ -58,7 +58,7 @@ class RunSink:
     write per node change, while a slow node's start still shows within a tick.
     """
 
-    def __init__(self, db: Database, run: Run, owner: str, workflow: Workflow) -> None:
+    def __init__(self, db: Database, run: ClaimedRun, owner: str, workflow: Workflow) -> None:
         self.db = db
         self.run_id = run.id
         self.owner = owner
@@ -180,6 +180,26 @@ class RunSink:
                     state["status"] = status
 
 
+class ClaimedRun(Protocol):
+    """A run as its worker needs it: what a claim answers (``states.CLAIMED_COLUMNS``),
+    used as it comes (no ORM object is built for it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def workspace_id(self) -> str: ...
+    @property
+    def version_id(self) -> str: ...
+    @property
+    def inputs(self) -> dict[str, Any]: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def cancel_requested_at(self) -> datetime | None: ...
+    @property
+    def deadline_at(self) -> datetime | None: ...
+
+
 class NextRun(Protocol):
     """Claims a worker's next run in the transaction that ends its current one, so a
     backlog costs one write transaction a run instead of two (embedded mode's pool)."""
@@ -263,8 +283,7 @@ class RunProcessor:
     def run_claimed(self, claimed: Row[Any], next_run: NextRun | None = None) -> str:
         """Execute a run this worker has claimed (``claim``'s row); answer its workspace.
         ``next_run`` may claim this worker's next run in the transaction that ends it."""
-        # A detached Run of what the claim returned: nothing is read again.
-        run = Run(**claimed._asdict())
+        run: ClaimedRun = claimed  # what the claim returned: nothing is read again
 
         def read() -> dict[str, Any]:
             with self.db.read() as s:
@@ -296,7 +315,7 @@ class RunProcessor:
         return run.workspace_id
 
     def _execute(
-        self, run: Run, workflow: Workflow, token: CancelToken, next_run: NextRun | None
+        self, run: ClaimedRun, workflow: Workflow, token: CancelToken, next_run: NextRun | None
     ) -> None:
         sink = RunSink(self.db, run, self.owner, workflow)
         w = self.settings.worker
@@ -347,7 +366,7 @@ class RunProcessor:
 
     def _finish(
         self,
-        run: Run,
+        run: ClaimedRun,
         sink: RunSink,
         assets: list[Asset],
         next_run: NextRun | None,
@@ -389,7 +408,12 @@ class RunProcessor:
         return True
 
     def _store_outputs(
-        self, run: Run, workflow: Workflow, values: dict[str, object], *, partial: bool = False
+        self,
+        run: ClaimedRun,
+        workflow: Workflow,
+        values: dict[str, object],
+        *,
+        partial: bool = False,
     ) -> tuple[list[dict[str, Any]], list[Asset]]:
         """The run's outputs as stored on the run, and the assets of its files (their
         blobs already kept) for the terminal transaction to record with the status."""
