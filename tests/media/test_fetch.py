@@ -551,6 +551,14 @@ def test_data_uri_base64_unpadded_and_percent_encoded() -> None:
     )
 
 
+def test_data_uri_base64_with_line_breaks_and_spaces() -> None:
+    encoded = base64.b64encode(PNG).decode()
+    wrapped = "\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    for payload in (wrapped, " " + wrapped.replace("\r\n", "%0D%0A") + "\t"):
+        got = read_data_uri("data:image/png;base64," + payload, max_bytes=LIMIT)
+        assert got.data == PNG
+
+
 def test_data_uri_percent_encoded() -> None:
     got = read_data_uri("data:text/plain;charset=utf-8,caf%C3%A9%2C%20ok", max_bytes=LIMIT)
     assert got.data == "café, ok".encode()
@@ -574,6 +582,7 @@ def test_data_uri_default_media_type() -> None:
         "data:not a type;base64,AAAA",
         "data:image/png;charset,AAAA",  # parameter without value
         "data:text/plain,50%",  # broken percent-escape
+        "data:image/png;base64,AA%ZZAA",  # broken percent-escape in base64
     ],
 )
 def test_data_uri_malformed(uri: str) -> None:
