@@ -121,3 +121,22 @@ def test_run_writes_on_the_calling_thread(db: Database, writer: GroupCommit) -> 
     assert _names(db) == ["inline"]
     with pytest.raises(ZeroDivisionError):
         writer.run(lambda s: 1 // 0)
+
+
+def test_a_write_canceled_while_it_waits_is_not_made(db: Database, writer: GroupCommit) -> None:
+    busy, release = threading.Event(), threading.Event()
+
+    def first(s: Session) -> str:
+        busy.set()
+        release.wait(10)
+        return _add("kept")(s)
+
+    kept = writer.submit(first)
+    assert busy.wait(10)  # the writer is inside the first transaction
+    dropped = writer.submit(_add("dropped"))
+    assert dropped.cancel()
+    release.set()
+    assert kept.result(timeout=10)
+    writer.close()  # everything queued is settled
+    assert _names(db) == ["kept"]
+    assert dropped.cancelled()

@@ -86,6 +86,7 @@ class GroupCommit:
         only wait for the writer thread (a hand-off each way costs more than it saves
         when nothing else is waiting)."""
         job: _Job[T] = _Job(write, after, failed)
+        job.future.set_running_or_notify_cancel()
         self._commit([job])
         return job.future.result()
 
@@ -109,8 +110,11 @@ class GroupCommit:
                 if not self._jobs:
                     self._thread = None  # the next submit starts another
                     return
-                batch = [self._jobs.popleft() for _ in range(min(MAX_BATCH, len(self._jobs)))]
-            self._commit(batch)
+                taken = [self._jobs.popleft() for _ in range(min(MAX_BATCH, len(self._jobs)))]
+            # A write whose future was canceled while it waited is not made.
+            batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
+            if batch:
+                self._commit(batch)
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         try:

@@ -32,9 +32,9 @@ class _Compiled:
     sql: str
     names: tuple[str, ...]  # bind names, in the order of the positional paramstyle
     positional: bool
-    defaults: Mapping[str, Any]  # values of the binds the statement carries itself
     binds: Mapping[str, Processor]
-    plan: tuple[tuple[str, Any, Processor], ...]  # per bind: name, own value, conversion
+    # Per bind: its name, the value the statement carries itself, its conversion.
+    plan: tuple[tuple[str, Any, Processor], ...]
     results: tuple[Processor, ...]
     row: type[tuple[Any, ...]]  # a named tuple of the selected or returned columns
 
@@ -79,7 +79,6 @@ class Prepared:
             sql=compiled.string,
             names=names,
             positional=bool(compiled.positional),
-            defaults=defaults,
             binds=binds,
             plan=tuple((n, defaults.get(n), binds.get(n)) for n in names),
             results=results,

@@ -146,6 +146,8 @@ class RunService:
         answer: Future[Run] = Future()
 
         def done(f: Future[Row[Any] | None]) -> None:
+            if not answer.set_running_or_notify_cancel():
+                return  # the caller went away (a closed connection); the run stands
             exc = f.exception()
             if exc is not None:
                 answer.set_exception(exc)

@@ -54,8 +54,9 @@ class RunSink:
 
     Writes are coalesced: a burst of node changes within ``FLUSH_INTERVAL`` becomes one
     fenced transaction, written by the executor's :meth:`tick` or by the terminal
-    transaction (:meth:`drain`).  A fast run thus costs its claim and its end, not a
-    write per node change, while a slow node's start still shows within a tick.
+    transaction (:meth:`drain_events`).  A fast run thus costs its end (and its claim,
+    unless the run before it claimed it), not a write per node change, while a slow
+    node's start still shows within a tick.
     """
 
     def __init__(self, db: Database, run: ClaimedRun, owner: str, workflow: Workflow) -> None:
@@ -64,7 +65,7 @@ class RunSink:
         self.owner = owner
         self.attempt = run.attempt
         self.lost = False
-        # Re-entrant: _flush holds it and calls drain, which the terminal write also uses.
+        # Re-entrant: _flush holds it and calls drain, which takes it again.
         self._lock = threading.RLock()
         self._t0: dict[str, float] = {}
         self._last_progress: dict[str, float] = {}
