@@ -48,7 +48,6 @@ def run_id(db: Database) -> str:
             app_id=app.id,
             version_id=version.id,
             status=RunStatus.QUEUED,
-            inputs={},
         )
         s.add(run)
     return run.id

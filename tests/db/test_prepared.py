@@ -19,7 +19,7 @@ RUNS = cast(Table, Run.__table__)
 WORKSPACES = cast(Table, Workspace.__table__)
 INSERT_WS = Prepared(insert(WORKSPACES), ["id", "name", "created_at"])
 READ = Prepared(
-    select(RUNS.c.id, RUNS.c.inputs, RUNS.c.created_at, RUNS.c.deadline_at).where(
+    select(RUNS.c.id, RUNS.c.nodes, RUNS.c.created_at, RUNS.c.deadline_at).where(
         RUNS.c.id == bindparam("p_id")
     )
 )
@@ -53,9 +53,8 @@ def _run_values(db: Database, run_id: str, **extra: Any) -> dict[str, Any]:
         app_id=detail.app.id,
         version_id=detail.version.id,
         status="queued",
-        inputs={"node_1": "é ✓", "n": [1, 2.5, None]},
         outputs=[],
-        nodes={},
+        nodes={"node_1": "é ✓", "n": [1, 2.5, None]},
         attempt=0,
         event_seq=0,
         created_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
@@ -70,14 +69,14 @@ def test_values_round_trip_as_through_core(db: Database) -> None:
         Prepared(insert(RUNS), [c.key for c in RUNS.c]).execute(s, values)
     with db.read() as s:
         core = s.execute(
-            select(RUNS.c.id, RUNS.c.inputs, RUNS.c.created_at, RUNS.c.deadline_at).where(
+            select(RUNS.c.id, RUNS.c.nodes, RUNS.c.created_at, RUNS.c.deadline_at).where(
                 RUNS.c.id == "r" * 24
             )
         ).one()
     with db.read_engine.connect() as conn:
         mine = READ.execute(conn, {"p_id": "r" * 24}).first()
     assert tuple(mine) == tuple(core)
-    assert mine.inputs == {"node_1": "é ✓", "n": [1, 2.5, None]}
+    assert mine.nodes == {"node_1": "é ✓", "n": [1, 2.5, None]}
     assert mine.created_at == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     with db.read_engine.connect() as conn:
         assert READ.execute(conn, {"p_id": "x" * 24}).first() is None

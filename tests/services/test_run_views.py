@@ -45,7 +45,6 @@ def new_run(db: Database, **fields: Any) -> tuple[str, str]:
             workspace_id=ws.id,
             app_id=app.id,
             version_id=version.id,
-            inputs={"node_1": "data:,big"},
             **fields,
         )
         s.add(run)

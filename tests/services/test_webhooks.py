@@ -205,7 +205,6 @@ def new_run(
             app_id=app.id,
             version_id=version.id,
             status=RunStatus.QUEUED,
-            inputs={"node_1": "data:,big"},
             webhook_url=webhook,
             webhook_events=events,
         )

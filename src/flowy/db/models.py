@@ -99,7 +99,6 @@ class Run(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("app_versions.id"))
     status: Mapped[str] = mapped_column(String(16))
-    inputs: Mapped[dict[str, Any]]
     outputs: Mapped[list[Any]] = mapped_column(default=list)
     nodes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -119,6 +118,16 @@ class Run(Base):
     #: The run's own webhook (``webhook`` of the request) and the events it is sent.
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[Any] | None] = mapped_column(JSON)
+
+
+class RunInputs(Base):
+    """A run's checked inputs, apart from its row: they can be large (data: URIs of up
+    to the media limit), are written once and read once, while the run row is rewritten
+    at every change of state (SQLite rewrites a whole row on UPDATE)."""
+
+    __tablename__ = "run_inputs"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    inputs: Mapped[dict[str, Any]]
 
 
 class RunEvent(Base):

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Row, Table, and_, bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from flowy.db.batch import GroupCommit
-from flowy.db.models import App, Run, utcnow
+from flowy.db.models import App, Run, RunInputs, utcnow
 from flowy.db.prepared import Prepared
 from flowy.db.session import Database
 from flowy.engine.inputs import check_run_inputs
@@ -67,6 +67,9 @@ _READ_VIEW = Prepared(select(*_VIEW_COLUMNS).where(Run.id == bindparam("run_id")
 
 _RUN_COLUMNS = [c.key for c in Run.__table__.c]
 _INSERT_RUN = Prepared(insert(cast(Table, Run.__table__)), _RUN_COLUMNS)
+_INSERT_INPUTS = Prepared(insert(cast(Table, RunInputs.__table__)), ["run_id", "inputs"])
+#: A run's inputs, for the worker that claimed it (written once, at creation).
+READ_INPUTS = Prepared(select(RunInputs.inputs).where(RunInputs.run_id == bindparam("p_run_id")))
 _COUNT_RUN = Prepared(
     update(cast(Table, App.__table__))
     .where(App.__table__.c.id == bindparam("p_app_id"))
@@ -130,8 +133,8 @@ class RunService:
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
-        values = self._accept(workspace_id, app_id, body)
-        write, after, failed = self._write(values)
+        values, inputs = self._accept(workspace_id, app_id, body)
+        write, after, failed = self._write(values, inputs)
         self.writer.run(write, after=after, failed=failed)
         return Run(**values)
 
@@ -140,8 +143,8 @@ class RunService:
         request is checked here and now, raising as :meth:`create` does; the future
         answers the run once the writer thread committed it, in one transaction with
         the other runs that arrived meanwhile (group commit)."""
-        values = self._accept(workspace_id, app_id, body)
-        write, after, failed = self._write(values)
+        values, inputs = self._accept(workspace_id, app_id, body)
+        write, after, failed = self._write(values, inputs)
         stored = self.writer.submit(write, after=after, failed=failed)
         answer: Future[Run] = Future()
 
@@ -157,8 +160,10 @@ class RunService:
         stored.add_done_callback(done)
         return answer
 
-    def _accept(self, workspace_id: str, app_id: str, body: object) -> dict[str, Any]:
-        """Check a run request; the new run's column values."""
+    def _accept(
+        self, workspace_id: str, app_id: str, body: object
+    ) -> tuple[dict[str, Any], dict[str, object]]:
+        """Check a run request; the new run's column values, and its inputs."""
         app = self.apps.runnable(workspace_id, app_id)
         workflow = app.workflow
         if not app.published:
@@ -223,7 +228,6 @@ class RunService:
             "app_id": app.app_id,
             "version_id": app.version_id,
             "status": RunStatus.QUEUED,
-            "inputs": inputs,
             "outputs": [],
             "nodes": {nid: {"status": NodeStatus.PENDING} for nid in workflow.order},
             "attempt": 0,
@@ -235,23 +239,24 @@ class RunService:
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
             values["deadline_at"] = now + timedelta(seconds=float(timeout))
-        return values
+        return values, inputs
 
     def _write(
-        self, values: dict[str, Any]
+        self, values: dict[str, Any], inputs: dict[str, object]
     ) -> tuple[
         Callable[[Session], Row[Any] | None],
         Callable[[Row[Any] | None], None],
         Callable[[], None],
     ]:
-        """The accepted run's write (insert, first event, the app's count, and a claim
-        when a worker of this process waits for it), what follows its commit (the hand
+        """The accepted run's write (the run, its inputs, its first event, the app's count,
+        and a claim when a worker of this process waits for it), what follows its commit (the hand
         to that worker, or the queue) and what follows its failure."""
         run_id, app_id = values["id"], values["app_id"]
         direct = self.direct if self.direct is not None and self.direct.reserve() else None
 
         def write(s: Session) -> Row[Any] | None:
             _INSERT_RUN.execute(s, values)
+            _INSERT_INPUTS.execute(s, {"run_id": run_id, "inputs": inputs})
             emit(s, run_id, "run.queued", {"status": RunStatus.QUEUED})
             _COUNT_RUN.execute(s, {"p_app_id": app_id})
             return direct.claim(s, run_id) if direct is not None else None
@@ -314,7 +319,7 @@ class RunService:
             )
         if issues:
             raise ValidationFailed(issues)
-        q = select(Run).options(defer(Run.inputs)).where(Run.workspace_id == workspace_id)
+        q = select(Run).where(Run.workspace_id == workspace_id)
         if f.app_id is not None:
             q = q.where(Run.app_id == f.app_id)
         if f.status is not None:
@@ -338,8 +343,7 @@ class RunService:
     def get(self, workspace_id: str, run_id: str) -> Run:
         """A run of the workspace; NotFound for an unknown id or another workspace's run."""
         with self.db.read() as s:
-            # The inputs (data: URIs can be large) are not part of the view: leave them.
-            run = s.get(Run, run_id, options=[defer(Run.inputs)]) if is_id(run_id) else None
+            run = s.get(Run, run_id) if is_id(run_id) else None
         if run is None or run.workspace_id != workspace_id:
             raise NotFound(f"run {run_id} not found")
         return run

@@ -61,7 +61,6 @@ CLAIMED_COLUMNS = tuple(
         "workspace_id",
         "app_id",
         "version_id",
-        "inputs",
         "attempt",
         "cancel_requested_at",
         "deadline_at",

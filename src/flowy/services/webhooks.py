@@ -191,15 +191,9 @@ def check_run_webhook(body: Mapping[str, Any]) -> tuple[str | None, list[str] | 
 
 # --------------------------------------------------------------------------- outbox
 
-_SNAPSHOT_SKIP = frozenset({"inputs"})  # can be large (data: URIs); no view shows it
-
 
 def _snapshot(row: Mapping[Any, Any]) -> dict[str, Any]:
-    return {
-        k: (v.isoformat() if isinstance(v, datetime) else v)
-        for k, v in row.items()
-        if k not in _SNAPSHOT_SKIP
-    }
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
 def run_from_snapshot(snap: Mapping[str, Any]) -> Run:
@@ -208,7 +202,6 @@ def run_from_snapshot(snap: Mapping[str, Any]) -> Run:
     for col in Run.__table__.columns:
         if isinstance(col.type, UTCDateTime) and isinstance(values.get(col.key), str):
             values[col.key] = datetime.fromisoformat(values[col.key])
-    values.setdefault("inputs", {})
     return Run(**{k: v for k, v in values.items() if k in Run.__table__.columns})
 
 
@@ -250,8 +243,7 @@ def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
     if not targets:
         return 0  # the common case: two small reads, nothing written
     runs = Run.__table__
-    columns = [c for c in runs.c if c.key not in _SNAPSHOT_SKIP]
-    row = s.execute(select(*columns).where(runs.c.id == run_id)).mappings().one()
+    row = s.execute(select(*runs.c).where(runs.c.id == run_id)).mappings().one()
     now = utcnow()
     msg = WebhookMessage(
         id=new_message_id(),

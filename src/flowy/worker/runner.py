@@ -26,7 +26,7 @@ from flowy.services.apps import WorkflowCache
 from flowy.services.events import emit
 from flowy.services.files import FileService
 from flowy.services.media import RunMedia
-from flowy.services.runs import CANCELED_BY_REQUEST
+from flowy.services.runs import CANCELED_BY_REQUEST, READ_INPUTS
 from flowy.services.secrets import SecretService, WorkspaceSecrets
 from flowy.services.states import NodeStatus, RunStatus, claim, fenced_update, finish
 from flowy.settings import Settings
@@ -192,8 +192,6 @@ class ClaimedRun(Protocol):
     @property
     def version_id(self) -> str: ...
     @property
-    def inputs(self) -> dict[str, Any]: ...
-    @property
     def attempt(self) -> int: ...
     @property
     def cancel_requested_at(self) -> datetime | None: ...
@@ -335,9 +333,11 @@ class RunProcessor:
                     )
                 return
             deadline = time.monotonic() + left
+        # Written once with the run, in a table of their own: read outside any transaction.
+        inputs = READ_INPUTS.execute(self.db.read_engine, {"p_run_id": run.id}).scalar()
         request = RunRequest(
             run.id,
-            run.inputs,
+            inputs or {},
             RunMedia(self.files, run.workspace_id, self.policy),
             max_pixels=self.settings.media.max_pixels,
             node_timeout=w.node_timeout_seconds,
