@@ -87,7 +87,9 @@ def test_a_completed_run_keeps_its_file_status_and_events(platform: Platform) ->
     assert events[-3:] == ["node.finished", "run.outputs", "run.completed"]
 
 
-def test_a_worker_that_lost_the_lease_writes_nothing_at_the_end(platform: Platform) -> None:
+def test_a_worker_that_lost_the_lease_leaves_no_end_but_its_file_for_retention(
+    platform: Platform,
+) -> None:
     ws, run_id = _start(platform)
     with platform.db.write() as s:  # the sweeper gave the run to another worker meanwhile
         s.execute(
@@ -100,9 +102,11 @@ def test_a_worker_that_lost_the_lease_writes_nothing_at_the_end(platform: Platfo
     run = platform.runs.get(ws, run_id)
     assert run.status == "running" and run.outputs == []
     with platform.db.read() as s:
-        assert list(s.scalars(select(Asset.id).where(Asset.run_id == run_id))) == []
         events = list(s.scalars(select(RunEvent.type).where(RunEvent.run_id == run_id)))
+        orphans = list(s.scalars(select(Asset).where(Asset.run_id == run_id)))
     assert "run.completed" not in events and "node.finished" not in events
+    # Its file is already on disk: recorded, so that retention deletes it in time.
+    assert [a.expires_at is not None for a in orphans] == [True]
 
 
 def _queue(p: Platform, ws: str, app_id: str, n: int) -> list[str]:

@@ -378,8 +378,8 @@ class RunProcessor:
     ) -> bool:
         """The terminal transaction: the run's last node events, its output files, its
         status, outputs and node states in one fenced update, and the claim of the
-        worker's next run.  Nothing of it is kept (False) when this worker no longer
-        holds the run."""
+        worker's next run.  None of that is kept (False) when this worker no longer holds
+        the run; only its output files are recorded then, to expire with retention."""
         try:
             with self.db.write() as s:
                 sink.drain_events(s)
@@ -402,6 +402,9 @@ class RunProcessor:
             if next_run is not None:
                 next_run.rolled_back()
             if isinstance(exc, _LeaseLost):
+                # The files are on disk already: their rows let retention remove them.
+                with self.db.write() as s:
+                    self.files.record(s, assets)
                 return False
             raise
         if next_run is not None:
