@@ -890,8 +890,8 @@ def read_data_uri(uri: str, *, max_bytes: int) -> Fetched:
     if "%" in payload and _BAD_PERCENT_RE.search(payload):
         raise MediaError("malformed data URI: invalid percent-encoding")
     if is_base64:
-        # str.split() drops the whitespace re's \s would, some 15x as fast (370 µs for a
-        # regular expression on 44 KB, twice a run: once checking it, once reading it).
+        # str.split() drops the whitespace re's \s would, some 15x as fast (24 µs against
+        # 370 µs for a regular expression on 44 KB).
         encoded = "".join(unquote(payload).split())
         # Check the size the text implies before decoding a possibly huge string.
         if len(encoded) // 4 * 3 - 2 > max_bytes:
