@@ -181,6 +181,12 @@ def row_create_run(cfg: Config) -> Row:
             cfg, flowy, flo, after_flowy=lambda: srv.wait_idle(app_id, timeout=cfg.secs(240, 60))
         )
         _fill(row, fl, fo, 1.5)
+        # What the same stack answers with no work at all (row 1's floor), for scale: the
+        # target asks for 1.5x the insert floor, which may exceed it.
+        noop = Target(floor.port, "/v1/runs/" + "0" * 24, headers=tuple(srv.auth.items()))
+        idle = run_load(noop, connections=CONNECTIONS, duration=cfg.secs(4, 1), workdir=cfg.workdir)
+        row.details["floor_no_db_get_rps"] = round(_ok_rps(idle), 1)
+        row.details["target_rps"] = round(1.5 * median(_ok_rps(x) for x in fo), 1)
         row.details["drain_after_each_round"] = [
             {"seconds": round(sec, 2), "backlog_runs": n} for sec, n in drains
         ]
