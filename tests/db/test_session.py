@@ -269,3 +269,60 @@ def test_fresh_upgrade_creates_every_model_table(tmp_path: Path) -> None:
             assert cols == {c.name for c in table.columns}, table.name
     finally:
         db.dispose()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _fill(db: Database, n: int = 400) -> None:
+    """About 2 MB of log: n workspaces with 4 KB names, in a few transactions."""
+    for batch in range(4):
+        with db.write() as s:
+            s.add_all(Workspace(name=f"{batch}-{i}-" + "x" * 4000) for i in range(n // 4))
+
+
+def _autocheckpoint(db: Database) -> int:
+    with db.read() as s:
+        return int(s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
+
+
+def test_only_a_server_database_leaves_checkpoints_to_its_thread(url: str) -> None:
+    plain, server = Database(url), Database(url, background_checkpoints=True)
+    try:
+        assert plain.checkpointer is None and _autocheckpoint(plain) == 1000
+        assert server.checkpointer is not None and _autocheckpoint(server) == 0
+    finally:
+        plain.dispose()
+        server.dispose()
+
+
+def test_the_checkpointer_copies_the_log_into_the_database(url: str, tmp_path: Path) -> None:
+    db = Database(url, background_checkpoints=True)
+    try:
+        assert db.checkpointer is not None
+        _fill(db)
+        before = (tmp_path / "flowy.db").stat().st_size
+        db.checkpointer.checkpoint()
+        after = (tmp_path / "flowy.db").stat().st_size
+        assert db.checkpointer.runs == 1
+        assert after - before > 1_000_000  # the pages moved from the log to the file
+        db.checkpointer.checkpoint()  # the log is copied already: nothing to do
+        with db.read() as s:
+            assert count(s) == 400
+    finally:
+        db.dispose()
+
+
+def test_the_checkpointer_thread_runs_when_the_log_grows(url: str) -> None:
+    db = Database(url, background_checkpoints=True)
+    try:
+        assert db.checkpointer is not None
+        db.checkpointer.interval = 0.02
+        db.start_checkpointer()
+        _fill(db)
+        deadline = time.monotonic() + PROMPT
+        while db.checkpointer.runs == 0:
+            assert time.monotonic() < deadline, "no checkpoint ran"
+            time.sleep(0.02)
+    finally:
+        db.dispose()

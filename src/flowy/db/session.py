@@ -13,13 +13,18 @@ for writers.  On PostgreSQL both are one engine.
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 #: Session.info key under which a transaction collects the runs whose events it wrote.
@@ -44,7 +49,7 @@ def mark(session: Session, flag: str) -> None:
     session.info.setdefault(COMMIT_FLAGS, set()).add(flag)
 
 
-def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+def _sqlite_engine(url: str, *, immediate: bool, autocheckpoint: bool = True) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -61,6 +66,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cur.execute("PRAGMA wal_autocheckpoint=0")  # a Checkpointer thread does it
         cur.close()
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
@@ -74,14 +81,80 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
-class Database:
-    """Sessions for reading and for writing, on SQLite or PostgreSQL alike."""
+class Checkpointer:
+    """Copies SQLite's write-ahead log into the database file on a thread of its own.
 
-    def __init__(self, url: str) -> None:
+    By default SQLite does it in whichever commit finds the log past 1,000 pages, and in
+    WAL mode a checkpoint syncs the log and the database file: that commit, often a
+    request creating a run, then takes milliseconds longer (measured: the p99 of submit
+    to first node went from 1.4-1.6 ms to 1.7-5.0 ms with it).  Here the checks run
+    every ``interval`` seconds instead, and a PASSIVE checkpoint never waits for, nor
+    blocks, the readers and writers.
+    """
+
+    def __init__(self, path: str, *, interval: float = 0.25, min_bytes: int = 1 << 20) -> None:
+        self.path = path
+        self.interval = interval
+        self.min_bytes = min_bytes
+        #: Checkpoints run so far (tests read it).
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._loop, name="flowy-checkpointer", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def checkpoint(self) -> None:
+        """One PASSIVE checkpoint, if the log has grown past ``min_bytes``."""
+        try:
+            if os.path.getsize(self.path + "-wal") < self.min_bytes:
+                return
+        except FileNotFoundError:
+            return
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
+        self.runs += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.checkpoint()
+            except Exception:  # a busy or vanished file: try again at the next tick
+                logger.exception("WAL checkpoint failed")
+
+
+class Database:
+    """Sessions for reading and for writing, on SQLite or PostgreSQL alike.
+
+    With ``background_checkpoints`` (a long-running server), SQLite's log is copied into
+    the database by a :class:`Checkpointer` started with :meth:`start_checkpointer`
+    rather than by the commit that fills it.
+    """
+
+    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = url
+        self.checkpointer: Checkpointer | None = None
+        path = make_url(url).database if url.startswith("sqlite") else None
+        if background_checkpoints and path and path != ":memory:":
+            self.checkpointer = Checkpointer(path)
         if url.startswith("sqlite"):
-            self.write_engine = _sqlite_engine(url, immediate=True)
-            self.read_engine = _sqlite_engine(url, immediate=False)
+            auto = self.checkpointer is None
+            self.write_engine = _sqlite_engine(url, immediate=True, autocheckpoint=auto)
+            self.read_engine = _sqlite_engine(url, immediate=False, autocheckpoint=auto)
         else:
             self.write_engine = self.read_engine = create_engine(url, pool_pre_ping=True)
         # Re-entrant, so a nested write fails on SQLite's busy timeout as before rather
@@ -127,7 +200,13 @@ class Database:
             for write in session.info.pop(BEFORE_COMMIT, ()):
                 write(session)
 
+    def start_checkpointer(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.start()
+
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()

@@ -50,7 +50,7 @@ class Platform:
     @classmethod
     def build(cls, settings: Settings, registry: NodeRegistry | None = None) -> Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.sqlalchemy_url)
+        db = Database(settings.sqlalchemy_url, background_checkpoints=True)
         registry = registry or default_registry()
         workflows = WorkflowCache(registry)
         files = FileService(
@@ -110,6 +110,7 @@ class Platform:
         """Migrate the schema, take the data directory, start the in-process workers."""
         self._lock_data_dir()
         upgrade(self.settings.sqlalchemy_url)
+        self.db.start_checkpointer()
         self.workers.start()
         self.dispatcher.start()
 
