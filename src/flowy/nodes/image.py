@@ -436,6 +436,7 @@ def info(ctx: NodeContext, params: BaseModel, image: Image.Image) -> dict[str, o
     "image.convert",
     title="Convert to file",
     category="image",
+    version="2",  # 2: PNG deflated run-length first (media.decode.encode_png)
     params=ConvertParams,
     inputs={"image": Port("image")},
     outputs={"file": Port("file", "The encoded image")},
