@@ -133,10 +133,11 @@ def test_a_write_canceled_while_it_waits_is_not_made(db: Database, writer: Group
 
     kept = writer.submit(first)
     assert busy.wait(10)  # the writer is inside the first transaction
-    dropped = writer.submit(_add("dropped"))
+    gave_up: list[str] = []
+    dropped = writer.submit(_add("dropped"), failed=lambda: gave_up.append("dropped"))
     assert dropped.cancel()
     release.set()
     assert kept.result(timeout=10)
     writer.close()  # everything queued is settled
     assert _names(db) == ["kept"]
-    assert dropped.cancelled()
+    assert dropped.cancelled() and gave_up == ["dropped"]

@@ -112,7 +112,12 @@ class GroupCommit:
                     return
                 taken = [self._jobs.popleft() for _ in range(min(MAX_BATCH, len(self._jobs)))]
             # A write whose future was canceled while it waited is not made.
-            batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
+            batch = []
+            for job in taken:
+                if job.future.set_running_or_notify_cancel():
+                    batch.append(job)
+                elif job.failed is not None:
+                    self._call(job.failed)
             if batch:
                 self._commit(batch)
 
