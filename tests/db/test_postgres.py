@@ -1,0 +1,99 @@
+"""The same schema and run flow on a real PostgreSQL (scaled mode's database).
+
+Runs against the server at ``FLOWY_TEST_POSTGRES`` (default: the machine's own,
+``postgresql://postgres@127.0.0.1:5432/postgres``) in a scratch database of its own, and
+is skipped, saying why, where no server answers (a laptop with nothing installed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, make_url
+
+from flowy.db.migrate import upgrade
+from flowy.db.models import Base
+from flowy.ids import new_id
+from flowy.services.events import read_events
+from flowy.services.keys import create_workspace
+from flowy.services.platform import Platform
+from flowy.settings import Settings
+
+psycopg = pytest.importorskip("psycopg")
+
+SERVER = os.environ.get("FLOWY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+ECHO = {
+    "nodes": [
+        {"id": "node_1", "type": "input.text", "params": {"required": True}},
+        {
+            "id": "node_2",
+            "type": "output.text",
+            "inputs": {"text": {"node": "node_1", "port": "text"}},
+        },
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A scratch database on the server, dropped afterwards; its SQLAlchemy URL."""
+    try:
+        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
+    name = f"flowy_test_{new_id()}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(SERVER).set(drivername="postgresql+psycopg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_migrations_build_the_models_schema_on_postgres(pg_url: str) -> None:
+    upgrade(pg_url)
+    upgrade(pg_url)  # a second time: nothing to do
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_runs_complete_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path / "data", database_url=pg_url, worker={"concurrency": 2}
+    )
+    p = Platform.build(settings)
+    p.start()
+    try:
+        ws = create_workspace(p.db, "pg")
+        app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
+        # Written on the caller's thread, and through the group-commit writer.
+        ids = [p.runs.create(ws, app, {"inputs": {"node_1": f"one {i}"}}).id for i in range(10)]
+        futures = [p.runs.start(ws, app, {"inputs": {"node_1": f"many {i}"}}) for i in range(10)]
+        ids += [f.result(timeout=30).id for f in futures]
+        deadline = time.monotonic() + 60
+        while any(p.runs.get(ws, r).status not in ("completed", "failed") for r in ids):
+            assert time.monotonic() < deadline, "runs did not end on PostgreSQL"
+            time.sleep(0.05)
+        runs = [p.runs.get(ws, r) for r in ids]
+        assert [r.status for r in runs] == ["completed"] * 20
+        assert runs[0].outputs == [{"nodeId": "node_2", "kind": "text", "value": "one 0"}]
+        assert runs[-1].outputs[0]["value"] == "many 9"
+        # Numbered from the events' own index, the run row locked first.
+        types = [e.type for e in read_events(p.db, ids[0])]
+        assert types[:2] == ["run.queued", "run.started"]
+        assert types[-2:] == ["run.outputs", "run.completed"]
+        assert [e.seq for e in read_events(p.db, ids[0])] == list(range(1, len(types) + 1))
+    finally:
+        p.stop()
