@@ -89,7 +89,7 @@ class FileService:
             run_id=run_id,
         )
         with self.db.write() as s:
-            s.add(asset)
+            self.record(s, [asset])
         return asset
 
     def keep(

@@ -124,8 +124,7 @@ class RunSink:
                 nodes={k: dict(v) for k, v in self.states.items()},
             )
             if ok:
-                for event, data in self._pending:
-                    emit(s, self.run_id, event, data)
+                self.drain_events(s)
             self._pending.clear()
             return ok
 
