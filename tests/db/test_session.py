@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from flowy.db.migrate import alembic_config, upgrade
-from flowy.db.models import Workspace
+from flowy.db.models import IdempotencyKey, Workspace
 from flowy.db.session import BUSY_TIMEOUT_MS, Database
 
 #: Generous bound for "did not wait on the busy timeout" (which is 30 s).
@@ -326,3 +331,61 @@ def test_the_checkpointer_thread_runs_when_the_log_grows(url: str) -> None:
             time.sleep(0.02)
     finally:
         db.dispose()
+
+
+def _keep_json(s: Any, workspace_id: str, key: str, value: Any) -> None:
+    s.add(
+        IdempotencyKey(
+            workspace_id=workspace_id,
+            key=key,
+            request_hash="h",
+            state="done",
+            response=value,
+            expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+        )
+    )
+
+
+def _read_json(db: Database, key: str) -> Any:
+    with db.read() as s:
+        return s.scalar(select(IdempotencyKey.response).where(IdempotencyKey.key == key))
+
+
+def test_json_columns_keep_every_value_exactly(db: Database) -> None:
+    """JSON columns go through orjson, and through the json module for what orjson would
+    refuse or read back inexactly: integers beyond 64 bits come back as the same int."""
+    values: list[Any] = [
+        {"text": "é ✓ \u2028", "n": [1, 2.5, None, True], "nested": {"k": [{}]}},
+        {"big": 2**70 + 1, "negative": -(2**64), "plain": 7},
+        {"edges": [2**63 - 1, -(2**63)]},
+    ]
+    with db.write() as s:
+        ws = Workspace(name="w")
+        s.add(ws)
+        s.flush()
+        for i, v in enumerate(values):
+            _keep_json(s, ws.id, f"k{i}", v)
+    # The premise: orjson alone would not give the big integer back.
+    assert orjson.loads(str(2**70 + 1)) != 2**70 + 1
+    for i, v in enumerate(values):
+        got = _read_json(db, f"k{i}")
+        assert got == v
+        assert all(type(got[k]) is type(v[k]) for k in v)
+
+
+def test_json_columns_read_rows_the_json_module_wrote(url: str, db: Database) -> None:
+    """Rows written before orjson, by the json module (``NaN`` and ASCII escapes
+    included), read back as they were written."""
+    with db.write() as s:
+        ws = Workspace(name="old")
+        s.add(ws)
+    old = json.dumps({"x": float("nan"), "s": "é"})
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+        raw.execute(
+            "INSERT INTO idempotency_keys (workspace_id, key, request_hash, state, response,"
+            " created_at, expires_at) VALUES (?, 'old', 'h', 'done', ?, '2026-01-01 00:00:00',"
+            " '2030-01-01 00:00:00')",
+            (ws.id, old),
+        )
+    got = _read_json(db, "old")
+    assert math.isnan(got.pop("x")) and got == {"s": "é"}

@@ -19,7 +19,12 @@ import pytest
 from PIL import Image
 
 from flowy.engine.spec import SKIP, Artifact
-from flowy.storage.cache import DiskResultCache, decode_values, encode_values
+from flowy.storage.cache import (
+    WRITER_LINGER_SECONDS,
+    DiskResultCache,
+    decode_values,
+    encode_values,
+)
 
 
 def _key(n: int) -> str:
@@ -153,6 +158,29 @@ def test_a_writer_far_behind_makes_put_write_itself(tmp_path: Path) -> None:
     assert cache.flush(timeout=10)
     assert _file(tmp_path, _key(1)).exists()
     assert cache.total_bytes == 2 * one
+
+
+def test_one_writer_thread_serves_a_stream_of_puts_then_ends(tmp_path: Path) -> None:
+    """The writer waits a moment for more entries instead of ending after each burst (a
+    thread per burst cost more than its writes); idle past the linger, it ends."""
+    cache = DiskResultCache(tmp_path, max_bytes=1 << 24)
+    cache.put(_key(1), {"text": "one"})
+    assert cache.flush(timeout=10)
+    writer = cache._writer
+    assert writer is not None and writer.is_alive()
+    cache.put(_key(2), {"text": "two"})
+    assert cache.flush(timeout=10)
+    assert cache._writer is writer and _file(tmp_path, _key(2)).exists()
+    writer.join(timeout=WRITER_LINGER_SECONDS + 10)
+    assert not writer.is_alive() and cache._writer is None
+    cache.linger = 3600.0  # from now on only close() can end the writer
+    cache.put(_key(3), {"text": "three"})  # a new writer for a new burst
+    assert cache.flush(timeout=10) and _file(tmp_path, _key(3)).exists()
+    lingering = cache._writer
+    assert lingering is not None and lingering is not writer
+    assert cache.close(timeout=10)
+    lingering.join(timeout=30)
+    assert not lingering.is_alive()  # close() woke it
 
 
 def _damaged_forms(good: bytes) -> dict[str, bytes]:

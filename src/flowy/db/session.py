@@ -13,6 +13,7 @@ for writers.  On PostgreSQL both are one engine.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,9 +51,34 @@ def mark(session: Session, flag: str) -> None:
     session.info.setdefault(COMMIT_FLAGS, set()).add(flag)
 
 
+def json_dumps(value: Any) -> str:
+    """The text of a JSON column.  orjson writes it 5-10 times as fast as the json module
+    (a run's inputs, node states, outputs and every event pass through here).  Non-finite
+    floats, which the json module would write as the non-JSON ``NaN``, become ``null``.
+    What orjson refuses, integers beyond 64 bits, the json module writes, after a space
+    that tells :func:`json_loads` to read it back with the json module too (orjson would
+    read such an integer as an inexact float)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return " " + json.dumps(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """A JSON column's value (see :func:`json_dumps`)."""
+    if text[:1] in (" ", b" "):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN, as the json module wrote it before
+        return json.loads(text)
+
+
 def _sqlite_engine(url: str, *, immediate: bool, autocheckpoint: bool = True) -> Engine:
     engine = create_engine(
         url,
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         pool_size=8,
         max_overflow=16,
@@ -156,7 +183,12 @@ class Database:
             self.write_engine = _sqlite_engine(url, immediate=True, autocheckpoint=auto)
             self.read_engine = _sqlite_engine(url, immediate=False, autocheckpoint=auto)
         else:
-            self.write_engine = self.read_engine = create_engine(url, pool_pre_ping=True)
+            self.write_engine = self.read_engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                json_serializer=json_dumps,
+                json_deserializer=json_loads,
+            )
         # Re-entrant, so a nested write fails on SQLite's busy timeout as before rather
         # than hanging here.
         self._write_lock: threading.RLock | nullcontext[None] = (

@@ -42,6 +42,9 @@ _PREFIX = struct.Struct("<QI")
 _TMP_PREFIX = ".tmp-"
 #: A temporary file older than this is left over from a writer that died.
 _STALE_TMP_SECONDS = 600.0
+#: How long the writer thread waits for more entries before it ends (an idle process
+#: keeps no thread; a process exiting waits at most this long for it).
+WRITER_LINGER_SECONDS = 0.5
 
 
 def _parts(values: Mapping[str, object]) -> list[bytes] | None:
@@ -173,6 +176,8 @@ class DiskResultCache:
         min_seconds: float = 0.0,
     ) -> None:
         self.min_seconds = min_seconds
+        #: Seconds the writer thread waits for more entries before it ends.
+        self.linger = WRITER_LINGER_SECONDS
         self.root = root
         self.max_bytes = max_bytes
         self.memory = MemoryResultCache(memory_entries)
@@ -185,7 +190,8 @@ class DiskResultCache:
         self._pending: OrderedDict[str, tuple[Mapping[str, object], int]] = OrderedDict()
         self._pending_bytes = 0
         self._writer: threading.Thread | None = None
-        self._idle = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)  # nothing pending any more
+        self._work = threading.Condition(self._lock)  # something to write, or closed
         self._closed = False
         root.mkdir(parents=True, exist_ok=True)
         self._scan()
@@ -254,9 +260,12 @@ class DiskResultCache:
                 self._pending_bytes += size
                 if self._writer is None:
                     # Not a daemon: at exit the interpreter waits for what is queued
-                    # (at most max_pending_bytes), and the thread ends once it is idle.
+                    # (at most max_pending_bytes), and the thread ends once it has been
+                    # idle for ``linger`` seconds.
                     self._writer = threading.Thread(target=self._drain, name="flowy-cache-writer")
                     self._writer.start()
+                else:
+                    self._work.notify()
         if behind:
             # The writer is this far behind: write here rather than hold more in memory.
             self._write(key, values)
@@ -264,22 +273,25 @@ class DiskResultCache:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every entry handed to ``put`` is written; False on timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._writer is None, timeout)
+            return self._idle.wait_for(lambda: not self._pending, timeout)
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Write what is queued, then write no more (later puts stay in memory): call it
         when shutting down, before the data directory may go.  False on timeout."""
         with self._lock:
             self._closed = True
+            self._work.notify()  # a writer waiting for more work ends now
         return self.flush(timeout)
 
     def _drain(self) -> None:
-        """The writer thread: write pending entries oldest first, then end."""
+        """The writer thread: write pending entries oldest first; end once none came for
+        ``linger`` seconds (a thread per burst of puts cost more than its writes)."""
         while True:
             with self._lock:
+                if not self._pending and not self._closed:
+                    self._work.wait(self.linger)
                 if not self._pending:
                     self._writer = None
-                    self._idle.notify_all()
                     return
                 key, (values, _size) = next(iter(self._pending.items()))
             try:
@@ -291,6 +303,8 @@ class DiskResultCache:
                 with self._lock:
                     _values, size = self._pending.pop(key)
                     self._pending_bytes -= size
+                    if not self._pending:
+                        self._idle.notify_all()
 
     def _write(self, key: str, values: Mapping[str, object]) -> None:
         parts = _parts(values)
