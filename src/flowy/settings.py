@@ -39,6 +39,14 @@ class WorkerSettings(BaseModel):
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a run is failed for good.")
     node_timeout_seconds: float = Field(120.0, gt=0, description="Default per-node timeout.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower than the API's the operating-system priority of the "
+        "threads that execute runs is (Unix nice, 0-19; 0: the same).  When the machine is "
+        "busy running nodes, requests are still answered first.",
+    )
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,

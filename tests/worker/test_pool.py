@@ -3,6 +3,7 @@ the transaction that creates it; with no worker waiting it is queued and claimed
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,34 @@ def test_a_run_handed_to_a_worker_can_be_canceled(platform: Platform) -> None:
     platform.runs.cancel(ws, run.id)
     assert _wait_ended(platform, run.id) == "canceled"
     assert _events(platform, run.id)[-1] == "run.canceled"
+
+
+def _thread_nice(native_id: int) -> int:
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, "nice"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_threads_that_execute_runs_yield_the_cpu_to_the_api(tmp_path: Path) -> None:
+    """Workers and node threads run at a lower OS priority (``worker.nice``) than the
+    process's other threads, which answer requests and renew leases."""
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", worker={"nice": 3})
+    p = Platform.build(settings)
+    p.start()
+    try:
+        ws = create_workspace(p.db, "nice")
+        app = p.apps.create(ws, title="d", workflow=_delay(0.01), published=True).app
+        assert _wait_ended(p, p.runs.create(ws, app.id, {"inputs": {"node_1": "x"}}).id)
+        base = _thread_nice(threading.get_native_id())
+        nice = {
+            t.name: _thread_nice(t.native_id)
+            for t in threading.enumerate()
+            if t.native_id is not None and t.is_alive()
+        }
+    finally:
+        p.stop()
+    workers = [n for name, n in nice.items() if name.startswith("flowy-worker-")]
+    nodes = [n for name, n in nice.items() if name.startswith("flowy-node")]
+    assert workers and nodes
+    assert set(workers) == set(nodes) == {min(19, base + 3)}
+    assert nice["flowy-heartbeat"] == nice["flowy-sweeper"] == base

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -33,6 +34,22 @@ from flowy.settings import Settings
 from flowy.worker.runner import NextRun, RunProcessor
 
 logger = logging.getLogger(__name__)
+
+
+def lower_priority(nice: int) -> None:
+    """Run the calling thread ``nice`` steps below the process's main thread (Linux gives
+    threads priorities of their own, and a new thread inherits its creator's).  Run
+    execution shares the machine, and in embedded mode the process, with the API: the
+    kernel then gives the API's threads the CPU first and the nodes what is left.  Where
+    there is no per-thread priority, nothing happens."""
+    if nice <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
+    except OSError:  # a sandbox that forbids it: run at the process's priority
+        logger.debug("could not lower the priority of thread %d", tid, exc_info=True)
 
 
 class _Successor(NextRun):
@@ -90,7 +107,10 @@ class LocalWorkerPool:
         w = settings.worker
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._node_pool = ThreadPoolExecutor(
-            max_workers=w.concurrency * w.node_concurrency, thread_name_prefix="flowy-node"
+            max_workers=w.concurrency * w.node_concurrency,
+            thread_name_prefix="flowy-node",
+            initializer=lower_priority,
+            initargs=(w.nice,),
         )
         executor = WorkflowExecutor(self._node_pool, concurrency=w.node_concurrency)
         self.processor = RunProcessor(
@@ -227,6 +247,7 @@ class LocalWorkerPool:
             self._ready.notify()
 
     def _work(self) -> None:
+        lower_priority(self.settings.worker.nice)
         successor = _Successor(self)
         while not self._stop.is_set():
             item = successor.pop() or self._take()
