@@ -84,7 +84,7 @@ def _wrk(target: Target, connections: int, duration: float, workdir: Path) -> Lo
     argv = [
         *pin(LOADER_CPU),
         "wrk",
-        "-t1",
+        "-t2",
         f"-c{connections}",
         f"-d{max(1, round(duration))}s",
         "--timeout",

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from flowy import __version__
 from flowy.api import errors
+from flowy.api.fast import FastRoutes
 from flowy.api.feeds import RunFeeds
 from flowy.api.limits import BodyLimit
 from flowy.api.routes import router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app.state.keys = KeyCache(plat.db)
     app.state.feeds = RunFeeds()
     errors.install(app)
+    app.add_middleware(FastRoutes)  # inside the body limit (the last added is outermost)
     app.add_middleware(
         BodyLimit, default=settings.server.max_body_bytes, uploads=settings.media.max_bytes + 65536
     )

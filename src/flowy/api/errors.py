@@ -55,13 +55,17 @@ def _allowed_methods(request: Request, fallback: str) -> str:
     return ", ".join(sorted(methods)) or fallback
 
 
+def flowy_error_response(exc: FlowyError) -> JSONResponse:
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FlowyError)
     async def _flowy(_req: Request, exc: FlowyError) -> JSONResponse:
-        headers = dict(exc.headers)
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+        return flowy_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
