@@ -24,7 +24,7 @@ from flowy.db.models import Asset, Run, RunEvent
 from flowy.errors import BadRequest, Issue, PayloadTooLarge, ValidationFailed
 from flowy.services.idempotency import Answer, request_hash
 from flowy.services.platform import Platform
-from flowy.services.runs import RunFilter
+from flowy.services.runs import Accepted, RunFilter
 from flowy.services.secrets import SecretInfo
 from flowy.services.states import TERMINAL
 
@@ -249,7 +249,7 @@ async def create_run(request: Request, app_id: str) -> Response:
     return _json(answer.status, {"data": view}, headers)
 
 
-def _run_created(run: Run) -> Data:
+def _run_created(run: Run | Accepted) -> Data:
     """A new run as ``RunCreated`` shows it."""
     return {
         "runId": run.id,

@@ -24,6 +24,8 @@ from flowy.db.session import RUNS_CHANGED, Database, at_commit
 
 #: Session.info key of the events emitted in a transaction, not yet written.
 _PENDING = "flowy_pending_events"
+#: Session.info key of the runs this transaction created (they have no events yet).
+_NEW_RUNS = "flowy_new_runs"
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.canceled"})
 
@@ -54,6 +56,12 @@ def emit(s: Session, run_id: str, type: str, data: dict[str, Any] | None = None)
     s.info.setdefault(RUNS_CHANGED, set()).add(run_id)
 
 
+def created(s: Session, run_id: str) -> None:
+    """Note that this write transaction inserted ``run_id``: its events are numbered
+    from 1 without looking for earlier ones."""
+    s.info.setdefault(_NEW_RUNS, set()).add(run_id)
+
+
 def _write_pending(s: Session) -> None:
     pending: list[tuple[str, str, dict[str, Any], datetime]] = s.info.pop(_PENDING, [])
     if not pending:
@@ -63,8 +71,12 @@ def _write_pending(s: Session) -> None:
     # stable because SQLite serialises write transactions (BEGIN IMMEDIATE); elsewhere
     # the run's row is locked first.
     lock = s.get_bind().dialect.name != "sqlite"
+    new: set[str] = s.info.pop(_NEW_RUNS, set())
     seq: dict[str, int] = {}
     for run_id in dict.fromkeys(p[0] for p in pending):
+        if run_id in new:
+            seq[run_id] = 0  # nothing else can have written to a run not yet committed
+            continue
         if lock:
             _LOCK_RUN.execute(s, {"p_run_id": run_id})
         seq[run_id] = int(_LAST_SEQ.execute(s, {"p_run_id": run_id}).scalar())

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 from flowy.db.batch import GroupCommit
 from flowy.db.models import App, Run, RunInputs, utcnow
 from flowy.db.prepared import Prepared
-from flowy.db.session import Database
+from flowy.db.session import Database, at_commit
 from flowy.engine.inputs import check_run_inputs
 from flowy.errors import Conflict, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id, new_id
 from flowy.services.apps import AppService
 from flowy.services.cursors import decode_cursor, encode_cursor
-from flowy.services.events import emit
+from flowy.services.events import created, emit
 from flowy.services.files import FileService
 from flowy.services.states import TERMINAL, NodeStatus, RunStatus, cancel_queued
 from flowy.services.webhooks import check_run_webhook
@@ -70,11 +70,31 @@ _INSERT_RUN = Prepared(insert(cast(Table, Run.__table__)), _RUN_COLUMNS)
 _INSERT_INPUTS = Prepared(insert(cast(Table, RunInputs.__table__)), ["run_id", "inputs"])
 #: A run's inputs, for the worker that claimed it (written once, at creation).
 READ_INPUTS = Prepared(select(RunInputs.inputs).where(RunInputs.run_id == bindparam("p_run_id")))
-_COUNT_RUN = Prepared(
+_COUNT_RUNS = Prepared(
     update(cast(Table, App.__table__))
     .where(App.__table__.c.id == bindparam("p_app_id"))
-    .values(run_count=App.__table__.c.run_count + 1)
+    .values(run_count=App.__table__.c.run_count + bindparam("p_runs"))
 )
+#: Session.info key of the runs a transaction created, counted by app.
+_NEW_RUNS_BY_APP = "flowy_new_runs_by_app"
+
+
+def _count_new_runs(s: Session) -> None:
+    """Add the runs this transaction created to their apps' counts: one UPDATE per app,
+    however many runs a group commit holds."""
+    for app_id, n in s.info.pop(_NEW_RUNS_BY_APP, {}).items():
+        _COUNT_RUNS.execute(s, {"p_app_id": app_id, "p_runs": n})
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A run as :meth:`RunService.start` answers it once stored: what ``RunCreated``
+    shows, without building the ORM object."""
+
+    id: str
+    status: str
+    app_id: str
+    created_at: datetime
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -138,7 +158,7 @@ class RunService:
         self.writer.run(write, after=after, failed=failed)
         return Run(**values)
 
-    def start(self, workspace_id: str, app_id: str, body: object) -> Future[Run]:
+    def start(self, workspace_id: str, app_id: str, body: object) -> Future[Accepted]:
         """:meth:`create` for callers that wait otherwise (the API's event loop): the
         request is checked here and now, raising as :meth:`create` does; the future
         answers the run once the writer thread committed it, in one transaction with
@@ -146,7 +166,7 @@ class RunService:
         values, inputs = self._accept(workspace_id, app_id, body)
         write, after, failed = self._write(values, inputs)
         stored = self.writer.submit(write, after=after, failed=failed)
-        answer: Future[Run] = Future()
+        answer: Future[Accepted] = Future()
 
         def done(f: Future[Row[Any] | None]) -> None:
             if not answer.set_running_or_notify_cancel():
@@ -155,7 +175,8 @@ class RunService:
             if exc is not None:
                 answer.set_exception(exc)
             else:
-                answer.set_result(Run(**values))
+                v = values
+                answer.set_result(Accepted(v["id"], v["status"], v["app_id"], v["created_at"]))
 
         stored.add_done_callback(done)
         return answer
@@ -257,8 +278,11 @@ class RunService:
         def write(s: Session) -> Row[Any] | None:
             _INSERT_RUN.execute(s, values)
             _INSERT_INPUTS.execute(s, {"run_id": run_id, "inputs": inputs})
+            created(s, run_id)
             emit(s, run_id, "run.queued", {"status": RunStatus.QUEUED})
-            _COUNT_RUN.execute(s, {"p_app_id": app_id})
+            counts = s.info.setdefault(_NEW_RUNS_BY_APP, {})
+            counts[app_id] = counts.get(app_id, 0) + 1
+            at_commit(s, _count_new_runs)
             return direct.claim(s, run_id) if direct is not None else None
 
         def after(claimed: Row[Any] | None) -> None:
