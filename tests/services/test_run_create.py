@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
-from flowy.db.models import App, RunEvent
+from flowy.db.models import App, AppVersion, Run, RunEvent, utcnow
 from flowy.db.session import Database
 from flowy.engine.registry import default_registry
+from flowy.errors import Conflict, NotFound
 from flowy.services.apps import AppService, WorkflowCache
 from flowy.services.files import FileService
 from flowy.services.keys import create_workspace
@@ -64,3 +66,60 @@ def test_runs_written_together_count_once_each_and_number_events_from_one(
     runs.create(ws, two, {"inputs": {"node_1": "later"}})
     with db.read() as s:
         assert s.scalar(select(App.run_count).where(App.id == two)) == 3
+
+
+def _service(db: Database, tmp_path: Path) -> tuple[RunService, AppService]:
+    files = FileService(
+        db, LocalBlobStore(tmp_path / "files"), UrlSigner(b"k" * 32), "http://flowy.test", 600
+    )
+    apps = AppService(db, WorkflowCache(default_registry()))
+    return RunService(db, apps, files, enqueue=lambda _run_id: None), apps
+
+
+def _behind_its_back(db: Database, app_id: str, **values: object) -> None:
+    """Change the app as another process would: its AppService is not told."""
+    with db.write() as s:
+        s.execute(update(App).where(App.id == app_id).values(**values))
+
+
+@pytest.mark.parametrize("path", ["create", "start"])
+def test_a_run_is_checked_against_the_app_as_its_write_finds_it(
+    db: Database, tmp_path: Path, path: str
+) -> None:
+    """The app's head is kept between runs, and the run's write reads it again: a change
+    made elsewhere (another version, unpublished, deleted) is never missed."""
+    runs, apps = _service(db, tmp_path)
+    ws = create_workspace(db, "w")
+    app = apps.create(ws, title="Echo", workflow=ECHO, published=True)
+    app_id, v1 = app.app.id, app.version.id
+
+    def run() -> str:
+        body = {"inputs": {"node_1": "x"}}
+        if path == "create":
+            return runs.create(ws, app_id, body).id
+        return runs.start(ws, app_id, body).result(timeout=30).id
+
+    def version_of(run_id: str) -> str:
+        with db.read() as s:
+            return str(s.scalar(select(Run.version_id).where(Run.id == run_id)))
+
+    assert version_of(run()) == v1  # the head is now kept
+    # A new version made here: the kept head is dropped at once.
+    v2 = apps.update(ws, app_id, workflow=ECHO).version.id
+    assert version_of(run()) == v2
+    # A new version made elsewhere: the write finds it, and the run is checked again.
+    with db.write() as s:
+        v3 = AppVersion(app_id=app_id, number=3, workflow=ECHO)
+        s.add(v3)
+    _behind_its_back(db, app_id, current_version_id=v3.id)
+    assert version_of(run()) == v3.id
+    _behind_its_back(db, app_id, published=False)
+    with pytest.raises(Conflict, match="not published"):
+        run()
+    _behind_its_back(db, app_id, published=True)
+    assert version_of(run()) == v3.id
+    _behind_its_back(db, app_id, deleted_at=utcnow())
+    with pytest.raises(NotFound):
+        run()
+    with db.read() as s:
+        assert s.scalar(select(App.run_count).where(App.id == app_id)) == 4

@@ -68,6 +68,21 @@ class Runnable:
     workflow: Workflow
 
 
+class StaleApp(Exception):
+    """The app changed since a run was checked against it (another version, or it is no
+    longer published): check the run again with a fresh read."""
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What starting a run needs of an app row."""
+
+    workspace_id: str
+    published: bool
+    version_id: str
+    deleted: bool
+
+
 _APPS = cast(Table, App.__table__)
 _RUNNABLE = Prepared(
     select(
@@ -103,10 +118,22 @@ def _load(s: Session, workspace_id: str, app_id: str) -> App:
     return app
 
 
+#: Session.info key of the app heads a write transaction has read (see ensure_current).
+_CHECKED = "flowy_apps_checked"
+
+
 class AppService:
+    #: App heads kept for :meth:`runnable` (least recently read dropped first).
+    HEADS = 1024
+
     def __init__(self, db: Database, workflows: WorkflowCache) -> None:
         self.db = db
         self.workflows = workflows
+        # Apps that were runnable when last read: a new run is checked against this copy
+        # and its write transaction reads the row again (ensure_current).  Changes made
+        # here drop the copy at once; changes made elsewhere show as StaleApp there.
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self._heads_lock = Lock()
 
     def list(self, workspace_id: str) -> list[App]:
         with self.db.read() as s:
@@ -125,23 +152,77 @@ class AppService:
             assert version is not None
         return AppDetail(app, version, self.workflows.get(version.id, version.workflow))
 
-    def runnable(self, workspace_id: str, app_id: str) -> Runnable:
+    def runnable(self, workspace_id: str, app_id: str, *, fresh: bool = False) -> Runnable:
         """What starting a run needs: the app's publication, its current version id and
-        its workflow, in one small read (the version's document only when its workflow
-        is not cached).  NotFound as :meth:`get`."""
-        engine = self.db.read_engine
-        row = _RUNNABLE.execute(engine, {"p_app_id": app_id}).first() if is_id(app_id) else None
-        if row is None or row.workspace_id != workspace_id or row.deleted_at is not None:
+        its workflow.  A published app's head is kept from its last read (``fresh``
+        reads it anyway), so a new run costs no read before its write, which checks the
+        head again (:meth:`ensure_current`); anything else is read afresh before it is
+        refused.  NotFound as :meth:`get`."""
+        head = None if fresh else self._cached(app_id)
+        if head is None or head.workspace_id != workspace_id:
+            head = self._read_head(app_id)
+        if head is None or head.workspace_id != workspace_id or head.deleted:
             raise NotFound(f"app {app_id} not found")
-        version_id = row.current_version_id
-        assert version_id is not None
+        version_id = head.version_id
+        engine = self.db.read_engine
 
         def read() -> dict[str, Any]:
             doc = _WORKFLOW.execute(engine, {"p_version_id": version_id}).scalar()
             assert doc is not None
             return dict(doc)
 
-        return Runnable(row.id, row.published, version_id, self.workflows.load(version_id, read))
+        return Runnable(app_id, head.published, version_id, self.workflows.load(version_id, read))
+
+    def ensure_current(self, s: Session, runnable: Runnable) -> None:
+        """In a write transaction: raise StaleApp unless ``runnable`` still describes the
+        app (published, not deleted, the same current version).  One read per app and
+        transaction, however many runs a group commit writes."""
+        checked: dict[str, Any] = s.info.setdefault(_CHECKED, {})
+        if runnable.app_id not in checked:
+            checked[runnable.app_id] = _RUNNABLE.execute(s, {"p_app_id": runnable.app_id}).first()
+        row = checked[runnable.app_id]
+        if (
+            row is None
+            or row.deleted_at is not None
+            or not row.published
+            or row.current_version_id != runnable.version_id
+        ):
+            self.forget(runnable.app_id)
+            raise StaleApp(runnable.app_id)
+
+    def forget(self, app_id: str) -> None:
+        """Drop the kept head of an app (it changed)."""
+        with self._heads_lock:
+            self._heads.pop(app_id, None)
+
+    def _cached(self, app_id: str) -> _Head | None:
+        with self._heads_lock:
+            head = self._heads.get(app_id)
+            if head is not None:
+                self._heads.move_to_end(app_id)
+            return head
+
+    def _read_head(self, app_id: str) -> _Head | None:
+        if not is_id(app_id):
+            return None
+        row = _RUNNABLE.execute(self.db.read_engine, {"p_app_id": app_id}).first()
+        if row is None:
+            return None
+        head = _Head(
+            row.workspace_id,
+            bool(row.published),
+            row.current_version_id,
+            row.deleted_at is not None,
+        )
+        with self._heads_lock:
+            if head.published and not head.deleted:
+                self._heads[app_id] = head
+                self._heads.move_to_end(app_id)
+                while len(self._heads) > self.HEADS:
+                    self._heads.popitem(last=False)
+            else:
+                self._heads.pop(app_id, None)
+        return head
 
     def create(
         self,
@@ -210,6 +291,7 @@ class AppService:
                 s.flush()
                 app.current_version_id = version.id
             app.updated_at = utcnow()
+        self.forget(app_id)
         return self.get(workspace_id, app_id)
 
     def delete(self, workspace_id: str, app_id: str) -> None:
@@ -218,3 +300,4 @@ class AppService:
             app = _load(s, workspace_id, app_id)
             app.deleted_at = utcnow()
             app.published = False
+        self.forget(app_id)

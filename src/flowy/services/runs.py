@@ -23,7 +23,7 @@ from flowy.db.session import Database, at_commit
 from flowy.engine.inputs import check_run_inputs
 from flowy.errors import Conflict, Issue, NotFound, ValidationFailed
 from flowy.ids import is_id, new_id
-from flowy.services.apps import AppService
+from flowy.services.apps import AppService, Runnable, StaleApp
 from flowy.services.cursors import decode_cursor, encode_cursor
 from flowy.services.events import created, emit
 from flowy.services.files import FileService
@@ -153,39 +153,60 @@ class RunService:
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
-        values, inputs = self._accept(workspace_id, app_id, body)
-        write, after, failed = self._write(values, inputs)
-        self.writer.run(write, after=after, failed=failed)
-        return Run(**values)
+        for fresh in (False, True, True):
+            values, inputs, app = self._accept(workspace_id, app_id, body, fresh=fresh)
+            write, after, failed = self._write(values, inputs, app)
+            try:
+                self.writer.run(write, after=after, failed=failed)
+            except StaleApp:
+                continue  # the app changed meanwhile: check the run against it again
+            return Run(**values)
+        raise Conflict(f"app {app_id} keeps changing; try again")
 
     def start(self, workspace_id: str, app_id: str, body: object) -> Future[Accepted]:
         """:meth:`create` for callers that wait otherwise (the API's event loop): the
         request is checked here and now, raising as :meth:`create` does; the future
         answers the run once the writer thread committed it, in one transaction with
         the other runs that arrived meanwhile (group commit)."""
-        values, inputs = self._accept(workspace_id, app_id, body)
-        write, after, failed = self._write(values, inputs)
-        stored = self.writer.submit(write, after=after, failed=failed)
         answer: Future[Accepted] = Future()
 
-        def done(f: Future[Row[Any] | None]) -> None:
-            if not answer.set_running_or_notify_cancel():
-                return  # the caller went away (a closed connection); the run stands
-            exc = f.exception()
-            if exc is not None:
-                answer.set_exception(exc)
-            else:
-                v = values
-                answer.set_result(Accepted(v["id"], v["status"], v["app_id"], v["created_at"]))
+        def submit(fresh: bool, tries: int) -> None:
+            values, inputs, app = self._accept(workspace_id, app_id, body, fresh=fresh)
+            write, after, failed = self._write(values, inputs, app)
+            stored = self.writer.submit(write, after=after, failed=failed)
 
-        stored.add_done_callback(done)
+            def done(f: Future[Row[Any] | None]) -> None:
+                exc = f.exception()
+                if isinstance(exc, StaleApp) and tries > 0:
+                    # The app changed since it was read: check the run again, now against
+                    # the app as it is (on the writer's thread: a rare read).
+                    try:
+                        submit(True, tries - 1)
+                    except Exception as again:
+                        if answer.set_running_or_notify_cancel():
+                            answer.set_exception(again)
+                    return
+                if not answer.set_running_or_notify_cancel():
+                    return  # the caller went away (a closed connection); the run stands
+                if isinstance(exc, StaleApp):
+                    exc = Conflict(f"app {app_id} keeps changing; try again")
+                if exc is not None:
+                    answer.set_exception(exc)
+                else:
+                    v = values
+                    answer.set_result(Accepted(v["id"], v["status"], v["app_id"], v["created_at"]))
+
+            stored.add_done_callback(done)
+
+        submit(False, 2)
         return answer
 
     def _accept(
-        self, workspace_id: str, app_id: str, body: object
-    ) -> tuple[dict[str, Any], dict[str, object]]:
-        """Check a run request; the new run's column values, and its inputs."""
-        app = self.apps.runnable(workspace_id, app_id)
+        self, workspace_id: str, app_id: str, body: object, *, fresh: bool = False
+    ) -> tuple[dict[str, Any], dict[str, object], Runnable]:
+        """Check a run request; the new run's column values, its inputs, and the app as
+        it was checked against (its write checks that it is still so)."""
+        app = self.apps.runnable(workspace_id, app_id, fresh=fresh)
         workflow = app.workflow
         if not app.published:
             raise Conflict(f"app {app_id} is not published; publish it before running it")
@@ -260,10 +281,10 @@ class RunService:
         timeout = body.get("timeoutSeconds")
         if timeout is not None:
             values["deadline_at"] = now + timedelta(seconds=float(timeout))
-        return values, inputs
+        return values, inputs, app
 
     def _write(
-        self, values: dict[str, Any], inputs: dict[str, object]
+        self, values: dict[str, Any], inputs: dict[str, object], app: Runnable
     ) -> tuple[
         Callable[[Session], Row[Any] | None],
         Callable[[Row[Any] | None], None],
@@ -276,6 +297,7 @@ class RunService:
         direct = self.direct if self.direct is not None and self.direct.reserve() else None
 
         def write(s: Session) -> Row[Any] | None:
+            self.apps.ensure_current(s, app)  # StaleApp: the app changed since _accept
             _INSERT_RUN.execute(s, values)
             _INSERT_INPUTS.execute(s, {"run_id": run_id, "inputs": inputs})
             created(s, run_id)
