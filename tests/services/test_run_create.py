@@ -3,12 +3,14 @@ their app once each and number their events from 1."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from flowy.db.models import App, AppVersion, Run, RunEvent, utcnow
+from flowy.db.models import App, AppVersion, Run, RunEvent, RunInputs, utcnow
 from flowy.db.session import Database
 from flowy.engine.registry import default_registry
 from flowy.errors import Conflict, NotFound
@@ -123,3 +125,45 @@ def test_a_run_is_checked_against_the_app_as_its_write_finds_it(
         run()
     with db.read() as s:
         assert s.scalar(select(App.run_count).where(App.id == app_id)) == 4
+
+
+def test_answers_reach_the_event_loop_together_and_a_canceled_wait_keeps_its_run(
+    db: Database, tmp_path: Path
+) -> None:
+    runs, apps = _service(db, tmp_path)
+    ws = create_workspace(db, "w")
+    app_id = apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
+
+    async def main() -> tuple[list[Accepted], int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return call_soon_threadsafe(*args, **kw)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        with db._write_lock:  # type: ignore[attr-defined]
+            tasks = [
+                asyncio.create_task(runs.start_async(ws, app_id, {"inputs": {"node_1": f"r{i}"}}))
+                for i in range(20)
+            ]
+            gone = asyncio.create_task(runs.start_async(ws, app_id, {"inputs": {"node_1": "gone"}}))
+            await asyncio.sleep(0)  # every request is checked and queued for the writer
+            gone.cancel()
+        answers = await asyncio.gather(*tasks)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return answers, wakeups
+
+    answers, wakeups = asyncio.run(main())
+    runs.writer.close()
+    assert len({a.id for a in answers}) == 20 and all(a.status == "queued" for a in answers)
+    assert wakeups < 10  # 21 answers; one wake-up per group commit at most
+    with db.read() as s:
+        stored = {r.id: r for r in s.scalars(select(Run).where(Run.app_id == app_id))}
+        inputs = s.scalars(select(RunInputs.inputs)).all()
+    assert set(stored) >= {a.id for a in answers} and len(stored) == 21
+    assert {"node_1": "gone"} in inputs  # the canceled wait's run was made

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -220,7 +219,7 @@ async def create_run(request: Request, app_id: str) -> Response:
         # Checked here; the write joins the next transaction of the run writer, with the
         # other runs that arrive meanwhile (group commit), and this request waits for it
         # without a thread of its own.
-        run = await asyncio.wrap_future(p.runs.start(ws, app_id, body))
+        run = await p.runs.start_async(ws, app_id, body)
         answer = Answer(201, {"data": _run_created(run)})
     else:
 

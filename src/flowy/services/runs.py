@@ -6,7 +6,10 @@ the sweeper and start-up recovery find it in the table.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -86,6 +89,28 @@ def _count_new_runs(s: Session) -> None:
         _COUNT_RUNS.execute(s, {"p_app_id": app_id, "p_runs": n})
 
 
+class _Inbox:
+    """Answers for one event loop's waiters, handed over in one wake-up."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[
+            tuple[asyncio.Future[Accepted], Accepted | None, BaseException | None]
+        ] = []
+
+    def empty(self) -> None:
+        """On the loop: answer every waiter delivered so far."""
+        with self.lock:
+            items, self.items = self.items, []
+        for waiter, run, exc in items:
+            if waiter.done():
+                continue  # its request went away (canceled); the run stands
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(cast(Accepted, run))
+
+
 @dataclass(frozen=True)
 class Accepted:
     """A run as :meth:`RunService.start` answers it once stored: what ``RunCreated``
@@ -138,6 +163,9 @@ class RunService:
     ) -> None:
         self.direct = direct
         self.writer = writer or GroupCommit(db, name="flowy-run-writer")
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self.max_inputs = max_inputs
         self.db = db
         self.apps = apps
@@ -164,12 +192,55 @@ class RunService:
         raise Conflict(f"app {app_id} keeps changing; try again")
 
     def start(self, workspace_id: str, app_id: str, body: object) -> Future[Accepted]:
-        """:meth:`create` for callers that wait otherwise (the API's event loop): the
-        request is checked here and now, raising as :meth:`create` does; the future
-        answers the run once the writer thread committed it, in one transaction with
-        the other runs that arrived meanwhile (group commit)."""
+        """:meth:`create` for callers that wait otherwise: the request is checked here and
+        now, raising as :meth:`create` does; the future answers the run once the writer
+        thread committed it, in one transaction with the other runs that arrived
+        meanwhile (group commit).  A future canceled meanwhile leaves the run standing."""
         answer: Future[Accepted] = Future()
 
+        def deliver(run: Accepted | None, exc: BaseException | None) -> None:
+            if not answer.set_running_or_notify_cancel():
+                return  # the caller went away; the run stands
+            if exc is not None:
+                answer.set_exception(exc)
+            else:
+                answer.set_result(cast(Accepted, run))
+
+        self._start(workspace_id, app_id, body, deliver)
+        return answer
+
+    async def start_async(self, workspace_id: str, app_id: str, body: object) -> Accepted:
+        """:meth:`start` for the API's event loop.  The answers of the runs a group commit
+        wrote reach the loop together, in one wake-up: a wake-up per run (a write to the
+        loop's pipe from the writer thread, each letting go of the GIL) cost more than
+        the rest of the hand-back."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Accepted] = loop.create_future()
+        inbox = self._inbox(loop)
+
+        def deliver(run: Accepted | None, exc: BaseException | None) -> None:
+            with inbox.lock:
+                inbox.items.append((waiter, run, exc))
+                if len(inbox.items) > 1:
+                    return  # the wake-up is on its way
+            loop.call_soon_threadsafe(inbox.empty)
+
+        self._start(workspace_id, app_id, body, deliver)
+        return await waiter
+
+    def _inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes.setdefault(loop, _Inbox())
+        return inbox
+
+    def _start(
+        self,
+        workspace_id: str,
+        app_id: str,
+        body: object,
+        deliver: Callable[[Accepted | None, BaseException | None], None],
+    ) -> None:
         def submit(fresh: bool, tries: int) -> None:
             values, inputs, app = self._accept(workspace_id, app_id, body, fresh=fresh)
             write, after, failed = self._write(values, inputs, app)
@@ -183,23 +254,19 @@ class RunService:
                     try:
                         submit(True, tries - 1)
                     except Exception as again:
-                        if answer.set_running_or_notify_cancel():
-                            answer.set_exception(again)
+                        deliver(None, again)
                     return
-                if not answer.set_running_or_notify_cancel():
-                    return  # the caller went away (a closed connection); the run stands
                 if isinstance(exc, StaleApp):
                     exc = Conflict(f"app {app_id} keeps changing; try again")
                 if exc is not None:
-                    answer.set_exception(exc)
+                    deliver(None, exc)
                 else:
                     v = values
-                    answer.set_result(Accepted(v["id"], v["status"], v["app_id"], v["created_at"]))
+                    deliver(Accepted(v["id"], v["status"], v["app_id"], v["created_at"]), None)
 
             stored.add_done_callback(done)
 
         submit(False, 2)
-        return answer
 
     def _accept(
         self, workspace_id: str, app_id: str, body: object, *, fresh: bool = False
