@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
 from flowy.services.states import TERMINAL
 from flowy.settings import Settings
+from flowy.worker import runner
 
 
 def _delay(seconds: float) -> dict[str, object]:
@@ -68,6 +70,19 @@ def _record_enqueues(p: Platform) -> list[str]:
     return seen
 
 
+def _record_input_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run ids whose inputs a worker reads from the database from now on."""
+    seen: list[str] = []
+    read = runner.READ_INPUTS.execute
+
+    def record(bind: Any, values: Any) -> Any:
+        seen.append(values["p_run_id"])
+        return read(bind, values)
+
+    monkeypatch.setattr(runner.READ_INPUTS, "execute", record)
+    return seen
+
+
 def _status(p: Platform, run_id: str) -> str:
     with p.db.read() as s:
         return str(s.scalar(select(Run.status).where(Run.id == run_id)))
@@ -87,19 +102,24 @@ def _wait_ended(p: Platform, run_id: str) -> str:
     return status
 
 
-def test_a_new_run_is_claimed_in_the_transaction_that_creates_it(platform: Platform) -> None:
+def test_a_new_run_is_claimed_in_the_transaction_that_creates_it(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = create_workspace(platform.db, "direct")
     app = platform.apps.create(ws, title="Wait", workflow=_delay(0.3), published=True).app.id
     _wait_for_waiting_worker(platform)
     queued = _record_enqueues(platform)
+    reads = _record_input_reads(monkeypatch)
 
     run = platform.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
 
-    # Nothing went through the queue.  The answer is the run as accepted; the row is
-    # already running, with both events committed together by the create.
+    # Nothing went through the queue, and the worker got the inputs with the run.  The
+    # answer is the run as accepted; the row is already running, with both events
+    # committed together by the create.
     assert queued == []
     assert run.status == "queued"
     assert _status(platform, run.id) == "running"
+    assert reads == []
     assert _events(platform, run.id)[:2] == ["run.queued", "run.started"]
     assert _wait_ended(platform, run.id) == "completed"
     with platform.db.read() as s:
@@ -108,11 +128,14 @@ def test_a_new_run_is_claimed_in_the_transaction_that_creates_it(platform: Platf
         assert [o["value"] for o in row.outputs] == ["hi"]
 
 
-def test_with_no_worker_waiting_a_run_is_queued_then_claimed(platform: Platform) -> None:
+def test_with_no_worker_waiting_a_run_is_queued_then_claimed(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = create_workspace(platform.db, "queued")
     app = platform.apps.create(ws, title="Wait", workflow=_delay(0.5), published=True).app.id
     _wait_for_waiting_worker(platform)
     queued = _record_enqueues(platform)
+    reads = _record_input_reads(monkeypatch)
     first = platform.runs.create(ws, app, {"inputs": {"node_1": "one"}})
     # The only worker is busy with the first run: the second waits in the queue.
     second = platform.runs.create(ws, app, {"inputs": {"node_1": "two"}})
@@ -123,6 +146,10 @@ def test_with_no_worker_waiting_a_run_is_queued_then_claimed(platform: Platform)
     assert _wait_ended(platform, first.id) == "completed"
     assert _wait_ended(platform, second.id) == "completed"
     assert _events(platform, second.id)[:2] == ["run.queued", "run.started"]
+    assert reads == [second.id]  # a queued run's worker reads its inputs back
+    with platform.db.read() as s:
+        row = s.get(Run, second.id)
+        assert row is not None and [o["value"] for o in row.outputs] == ["two"]
 
 
 def test_a_run_handed_to_a_worker_can_be_canceled(platform: Platform) -> None:

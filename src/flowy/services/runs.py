@@ -140,8 +140,9 @@ class DirectStart(Protocol):
         concurrent-run limit, or it is not queued)."""
         ...
 
-    def hand(self, claimed: Row[Any]) -> None:
-        """Give the claimed run to the held worker (after the commit)."""
+    def hand(self, claimed: Row[Any], inputs: dict[str, object]) -> None:
+        """Give the claimed run, with its inputs as stored, to the held worker (after
+        the commit): the worker need not read them back."""
         ...
 
     def release(self) -> None:
@@ -376,7 +377,7 @@ class RunService:
 
         def after(claimed: Row[Any] | None) -> None:
             if direct is not None and claimed is not None:
-                direct.hand(claimed)
+                direct.hand(claimed, inputs)
                 return
             if direct is not None:
                 direct.release()

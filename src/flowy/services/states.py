@@ -64,6 +64,8 @@ CLAIMED_COLUMNS = tuple(
         "attempt",
         "cancel_requested_at",
         "deadline_at",
+        "webhook_url",
+        "webhook_events",
     )
 )
 
@@ -112,7 +114,9 @@ def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: in
     row = _CLAIM[max_running > 0].execute(s, params).first()
     if row is not None:
         emit(s, run_id, "run.started", {"status": RunStatus.RUNNING})
-        enqueue_for_run(s, run_id, "run.started")
+        enqueue_for_run(
+            s, run_id, "run.started", head=(row.workspace_id, row.webhook_url, row.webhook_events)
+        )
     return row
 
 
@@ -189,8 +193,11 @@ def finish(
     error: str | None = None,
     error_node: str | None = None,
     nodes: dict[str, Any] | None = None,
+    head: tuple[str, str | None, list[str] | None] | None = None,
 ) -> bool:
-    """running -> completed/failed/canceled, fenced.  False if the lease was lost."""
+    """running -> completed/failed/canceled, fenced.  False if the lease was lost.
+    ``head``: the run's workspace id, webhook URL and events if the caller has them (its
+    claim returned them)."""
     assert status in TERMINAL and status in ALLOWED[RunStatus.RUNNING]
     values: dict[str, Any] = {
         "status": status,
@@ -209,7 +216,7 @@ def finish(
     if outputs:
         emit(s, run_id, "run.outputs", {"outputs": outputs})
     emit(s, run_id, f"run.{status}", {"status": status, "error": error, "errorNode": error_node})
-    enqueue_for_run(s, run_id, f"run.{status}")
+    enqueue_for_run(s, run_id, f"run.{status}", head=head)
     return True
 
 

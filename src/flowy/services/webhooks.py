@@ -228,12 +228,21 @@ _ENDPOINTS = Prepared(
 )
 
 
-def enqueue_for_run(s: Session, run_id: str, event_type: str) -> int:
+def enqueue_for_run(
+    s: Session,
+    run_id: str,
+    event_type: str,
+    *,
+    head: tuple[str, str | None, list[str] | None] | None = None,
+) -> int:
     """Queue ``event_type`` of a run for its own webhook and the workspace's enabled
-    endpoints that want it, in the caller's transaction.  Answers the deliveries made."""
-    head = _RUN_HOOK.execute(s, {"p_run_id": run_id}).first()
+    endpoints that want it, in the caller's transaction.  Answers the deliveries made.
+    ``head``: the run's workspace id, webhook URL and events, when the caller has them
+    (a claim returns them), saving their read."""
     if head is None:
-        return 0
+        head = _RUN_HOOK.execute(s, {"p_run_id": run_id}).first()
+        if head is None:
+            return 0
     workspace_id, webhook_url, webhook_events = head
     targets: list[tuple[str | None, str | None]] = []
     if webhook_url and event_type in (webhook_events or DEFAULT_EVENTS):

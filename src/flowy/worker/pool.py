@@ -145,8 +145,8 @@ class LocalWorkerPool:
         lease = timedelta(seconds=self.settings.worker.lease_seconds)
         return claim(s, run_id, self.owner, lease, self.settings.limits.concurrent_runs)
 
-    def hand(self, claimed: Row[Any]) -> None:
-        self.processor.adopt(claimed)
+    def hand(self, claimed: Row[Any], inputs: dict[str, object]) -> None:
+        self.processor.adopt(claimed, inputs)
         with self._ready:
             self._held -= 1
             self._queue.appendleft(claimed)

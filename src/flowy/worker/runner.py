@@ -196,6 +196,10 @@ class ClaimedRun(Protocol):
     def cancel_requested_at(self) -> datetime | None: ...
     @property
     def deadline_at(self) -> datetime | None: ...
+    @property
+    def webhook_url(self) -> str | None: ...
+    @property
+    def webhook_events(self) -> list[str] | None: ...
 
 
 class NextRun(Protocol):
@@ -242,6 +246,8 @@ class RunProcessor:
         self.executor = executor
         self.owner = owner
         self.active: dict[str, CancelToken] = {}
+        # Inputs of runs adopted with them (handed over at creation), by run id.
+        self._inputs: dict[str, dict[str, object]] = {}
         self._lock = threading.Lock()
         m = settings.media
         self.policy = FetchPolicy(
@@ -271,12 +277,15 @@ class RunProcessor:
                 return None
         return self.run_claimed(claimed, next_run)
 
-    def adopt(self, claimed: Row[Any]) -> None:
+    def adopt(self, claimed: Row[Any], inputs: dict[str, object] | None = None) -> None:
         """Take charge of a run claimed for this worker elsewhere (in the transaction
         that created it) before a thread runs it: its lease is renewed and a cancel
-        reaches it meanwhile."""
+        reaches it meanwhile.  ``inputs``: the run's inputs as stored, if the caller has
+        them (then they are not read back)."""
         with self._lock:
             self.active.setdefault(claimed.id, CancelToken())
+            if inputs is not None:
+                self._inputs[claimed.id] = inputs
 
     def run_claimed(self, claimed: Row[Any], next_run: NextRun | None = None) -> str:
         """Execute a run this worker has claimed (``claim``'s row); answer its workspace.
@@ -310,6 +319,7 @@ class RunProcessor:
         finally:
             with self._lock:
                 self.active.pop(run.id, None)
+                self._inputs.pop(run.id, None)
         return run.workspace_id
 
     def _execute(
@@ -332,8 +342,12 @@ class RunProcessor:
                     )
                 return
             deadline = time.monotonic() + left
-        # Written once with the run, in a table of their own: read outside any transaction.
-        inputs = READ_INPUTS.execute(self.db.read_engine, {"p_run_id": run.id}).scalar()
+        with self._lock:
+            inputs = self._inputs.pop(run.id, None)
+        if inputs is None:
+            # Written once with the run, in a table of their own: read outside any
+            # transaction.
+            inputs = READ_INPUTS.execute(self.db.read_engine, {"p_run_id": run.id}).scalar()
         request = RunRequest(
             run.id,
             inputs or {},
@@ -393,6 +407,7 @@ class RunProcessor:
                     error=error,
                     error_node=error_node,
                     nodes=sink.states,
+                    head=(run.workspace_id, run.webhook_url, run.webhook_events),
                 ):
                     raise _LeaseLost
                 if next_run is not None:
