@@ -17,17 +17,7 @@ from flowy.api.fast import FastRoutes
 from flowy.services.keys import create_key, create_workspace
 from flowy.services.platform import Platform
 from flowy.settings import Settings
-
-ECHO = {
-    "nodes": [
-        {"id": "node_1", "type": "input.text", "params": {"required": True}},
-        {
-            "id": "node_2",
-            "type": "output.text",
-            "inputs": {"text": {"node": "node_1", "port": "text"}},
-        },
-    ]
-}
+from tests.workflows import ECHO
 
 #: Headers whose values differ from one answer to the next whichever path answers.
 VOLATILE = {"date", "content-length", "ratelimit-remaining", "ratelimit-reset", "ratelimit"}

@@ -24,21 +24,11 @@ from flowy.services.events import read_events
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
 from flowy.settings import Settings
+from tests.workflows import ECHO
 
 psycopg = pytest.importorskip("psycopg")
 
 SERVER = os.environ.get("FLOWY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-ECHO = {
-    "nodes": [
-        {"id": "node_1", "type": "input.text", "params": {"required": True}},
-        {
-            "id": "node_2",
-            "type": "output.text",
-            "inputs": {"text": {"node": "node_1", "port": "text"}},
-        },
-    ]
-}
 
 
 @pytest.fixture(scope="module")

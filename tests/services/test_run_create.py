@@ -20,17 +20,7 @@ from flowy.services.keys import create_workspace
 from flowy.services.runs import Accepted, RunService
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
-
-ECHO = {
-    "nodes": [
-        {"id": "node_1", "type": "input.text", "params": {"required": True}},
-        {
-            "id": "node_2",
-            "type": "output.text",
-            "inputs": {"text": {"node": "node_1", "port": "text"}},
-        },
-    ]
-}
+from tests.workflows import ECHO
 
 
 def test_runs_written_together_count_once_each_and_number_events_from_one(
