@@ -89,6 +89,14 @@ def _count_new_runs(s: Session) -> None:
         _COUNT_RUNS.execute(s, {"p_app_id": app_id, "p_runs": n})
 
 
+#: How often a run is checked again when its app changed between its check and its write.
+STALE_RETRIES = 2
+
+
+def _keeps_changing(app_id: str) -> Conflict:
+    return Conflict(f"app {app_id} keeps changing; try again")
+
+
 class _Inbox:
     """Answers for one event loop's waiters, handed over in one wake-up."""
 
@@ -182,15 +190,15 @@ class RunService:
         Raises NotFound for an unknown app, Conflict for an unpublished one, and
         ValidationFailed naming every bad field; nothing is stored then.
         """
-        for fresh in (False, True, True):
-            values, inputs, app = self._accept(workspace_id, app_id, body, fresh=fresh)
+        for attempt in range(1 + STALE_RETRIES):
+            values, inputs, app = self._accept(workspace_id, app_id, body, fresh=attempt > 0)
             write, after, failed = self._write(values, inputs, app)
             try:
                 self.writer.run(write, after=after, failed=failed)
             except StaleApp:
                 continue  # the app changed meanwhile: check the run against it again
             return Run(**values)
-        raise Conflict(f"app {app_id} keeps changing; try again")
+        raise _keeps_changing(app_id)
 
     def start(self, workspace_id: str, app_id: str, body: object) -> Future[Accepted]:
         """:meth:`create` for callers that wait otherwise: the request is checked here and
@@ -258,7 +266,7 @@ class RunService:
                         deliver(None, again)
                     return
                 if isinstance(exc, StaleApp):
-                    exc = Conflict(f"app {app_id} keeps changing; try again")
+                    exc = _keeps_changing(app_id)
                 if exc is not None:
                     deliver(None, exc)
                 else:
@@ -267,7 +275,7 @@ class RunService:
 
             stored.add_done_callback(done)
 
-        submit(False, 2)
+        submit(False, STALE_RETRIES)
 
     def _accept(
         self, workspace_id: str, app_id: str, body: object, *, fresh: bool = False
