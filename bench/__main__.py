@@ -4,8 +4,10 @@ write bench/results/*.json.  See bench/README.md."""
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -31,6 +33,14 @@ ROWS: dict[int, tuple[str, str]] = {
     9: ("bench.served", "row_comfy"),  # also yields row 10
     11: ("bench.sse", "row_sse"),
 }
+
+
+def settle() -> None:
+    """Start a row on a quiet machine: what the rows before it wrote is flushed to disk
+    now (the kernel would do it some 30 s later, in the middle of another row's timing)
+    and their garbage is collected."""
+    os.sync()
+    gc.collect()
 
 
 def _parse_only(text: str | None) -> list[int]:
@@ -66,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         for rid in ids:
             module, name = ROWS[rid]
+            settle()
             t0 = time.monotonic()
             print(f"[bench] row {rid} ({module}.{name}) ...", file=sys.stderr, flush=True)
             try:
