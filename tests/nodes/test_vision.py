@@ -11,6 +11,7 @@ from PIL import Image
 from skimage import data
 
 from flowy.errors import NodeError
+from flowy.nodes import vision
 from flowy.nodes.vision import (
     NEUTRAL_GREY,
     FaceBox,
@@ -102,6 +103,66 @@ def test_detectors_work_from_several_threads(astronaut: Image.Image) -> None:
         thread.join()
     assert len(results) == 4
     assert all(found == results[0] and len(found) == 1 for found in results)
+
+
+def test_threads_taking_turns_share_one_graph(astronaut: Image.Image) -> None:
+    """A graph is built per call running at once, not per thread that ever ran one:
+    eight threads in turn, each on its first call, build no detector or segmenter
+    beyond the first, and get what a fresh one finds."""
+    first = detect_faces(astronaut, min_score=0.61)  # a threshold of its own
+    person_mask(astronaut)
+    built = vision._detectors.built, vision._segmenters.built
+    found: list[list[FaceBox]] = []
+    masks: list[np.ndarray] = []
+    for _ in range(8):
+        t = threading.Thread(
+            target=lambda: (
+                found.append(detect_faces(astronaut, min_score=0.61)),
+                masks.append(person_mask(astronaut)),
+            )
+        )
+        t.start()
+        t.join()
+    assert (vision._detectors.built, vision._segmenters.built) == built
+    assert all(f == first for f in found)
+    assert all(np.array_equal(m, masks[0]) for m in masks)
+
+
+class _Graph:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_model_pool_builds_one_graph_per_caller_at_once() -> None:
+    pool = vision._Models(max_keys=2)
+    made: list[_Graph] = []
+
+    def build() -> _Graph:
+        made.append(_Graph(len(made)))
+        return made[-1]
+
+    with pool.borrow("a", build) as g1, pool.borrow("a", build) as g2:
+        assert g1 is not g2  # two at once: two graphs
+    with pool.borrow("a", build) as g3:
+        assert g3 in (g1, g2)  # then lent again
+    assert len(made) == 2
+    # A call that raised closes its graph rather than lend it again.
+    with pytest.raises(RuntimeError), pool.borrow("a", build) as g4:
+        raise RuntimeError("graph broke")
+    assert g4.closed
+    with pool.borrow("a", build) as g5:
+        assert g5 is not g4
+    # Past max_keys, the least recently used key's idle graphs are closed.
+    with pool.borrow("b", build):
+        pass
+    with pool.borrow("c", build):
+        pass
+    assert all(g.closed for g in (g1, g2) if g is not g4)
+    assert pool.built == len(made)
 
 
 def test_portrait_crop_frames_head_and_shoulders(astronaut: Image.Image, face: FaceBox) -> None:

@@ -4,9 +4,11 @@ Pure functions on Pillow images and numpy arrays: no web, storage or database im
 The models are MediaPipe's face detector (full-range) and selfie segmenter, both shipped
 inside the ``mediapipe`` wheel, so everything runs offline.
 
-MediaPipe graphs are not thread-safe and take noticeable time to build, so each thread
-keeps its own detector/segmenter (see :func:`_face_detector`, :func:`_segmenter`), built
-on first use.  ``mediapipe`` itself is imported lazily: it costs about a second, and
+MediaPipe graphs are not thread-safe and take noticeable time to build, so a call
+borrows a detector or segmenter of its own from a pool (:class:`_Models`) and gives it
+back after: one is built only when every other is in use, so the graphs built are as
+many as calls ever ran at once, not one per thread that ever ran such a node.
+``mediapipe`` itself is imported lazily: it costs about a second, and
 importing this module (e.g. to register nodes) should not.
 """
 
@@ -15,6 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -55,8 +60,9 @@ _BACKDROP_EDGE_GAIN: Final = 0.80
 # Fixed seed: the dither noise is there to break banding, not to vary between runs.
 _BACKDROP_SEED: Final = 0x5EED
 
-_local = threading.local()
-_MAX_DETECTORS_PER_THREAD: Final = 4
+#: Face detectors are kept for this many score thresholds at most (the least recently
+#: used go first), so arbitrary user-supplied thresholds cannot pile up graphs.
+_MAX_DETECTOR_THRESHOLDS: Final = 4
 
 FloatArray = NDArray[np.float32]
 BoolArray = NDArray[np.bool_]
@@ -89,40 +95,81 @@ class FaceBox:
 # --------------------------------------------------------------------------- models
 
 
-def _face_detector(min_score: float) -> Any:
-    """This thread's MediaPipe full-range face detector for ``min_score``.
+class _Models:
+    """Idle MediaPipe graphs by key, lent to one caller at a time.
+
+    :meth:`borrow` hands out an idle graph for its key or builds one when none is idle;
+    the graph comes back when the caller is done (or is closed, if the call raised).
+    Keys beyond ``max_keys`` push out the least recently used key's idle graphs (closed).
+    """
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[object, list[Any]] = OrderedDict()
+        self.built = 0
+
+    @contextmanager
+    def borrow(self, key: object, build: Callable[[], Any]) -> Iterator[Any]:
+        with self._lock:
+            idle = self._idle.get(key)
+            model = idle.pop() if idle else None
+            if key in self._idle:
+                self._idle.move_to_end(key)
+        if model is None:
+            model = build()  # outside the lock: others may borrow meanwhile
+            with self._lock:
+                self.built += 1
+        try:
+            yield model
+        except BaseException:
+            model.close()  # a graph that failed may be left in any state: not lent again
+            raise
+        self._give_back(key, model)
+
+    def _give_back(self, key: object, model: Any) -> None:
+        evicted: list[Any] = []
+        with self._lock:
+            self._idle.setdefault(key, []).append(model)
+            self._idle.move_to_end(key)
+            while len(self._idle) > self.max_keys:
+                evicted.extend(self._idle.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+
+
+_detectors = _Models(_MAX_DETECTOR_THRESHOLDS)
+_segmenters = _Models(1)
+
+
+def _face_detector(min_score: float) -> AbstractContextManager[Any]:
+    """A MediaPipe full-range face detector for ``min_score``, lent for one call.
 
     The score threshold is baked into the graph (it also feeds non-max suppression), so
-    detectors are cached per threshold rather than filtering one detector's output.  The
-    threshold is rounded to 0.01 and only a few are kept per thread, so arbitrary
-    user-supplied thresholds cannot pile up graphs.
+    detectors are kept per threshold rather than filtering one detector's output.  The
+    threshold is rounded to 0.01.
     """
     key = round(min_score, 2)
-    detectors: dict[float, Any] | None = getattr(_local, "face_detectors", None)
-    if detectors is None:
-        detectors = _local.face_detectors = {}
-    if key not in detectors:
+
+    def build() -> Any:
         from mediapipe.python.solutions import face_detection
 
-        if len(detectors) >= _MAX_DETECTORS_PER_THREAD:
-            oldest = next(iter(detectors))
-            detectors.pop(oldest).close()
-        logger.debug("building face detector (min_score=%s) for this thread", key)
-        detectors[key] = face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=key
-        )
-    return detectors[key]
+        logger.debug("building a face detector (min_score=%s)", key)
+        return face_detection.FaceDetection(model_selection=1, min_detection_confidence=key)
+
+    return _detectors.borrow(key, build)
 
 
-def _segmenter() -> Any:
-    """This thread's MediaPipe selfie segmenter (general 256×256 model)."""
-    segmenter = getattr(_local, "segmenter", None)
-    if segmenter is None:
+def _segmenter() -> AbstractContextManager[Any]:
+    """A MediaPipe selfie segmenter (general 256×256 model), lent for one call."""
+
+    def build() -> Any:
         from mediapipe.python.solutions import selfie_segmentation
 
-        logger.debug("building selfie segmenter for this thread")
-        segmenter = _local.segmenter = selfie_segmentation.SelfieSegmentation(model_selection=0)
-    return segmenter
+        logger.debug("building a selfie segmenter")
+        return selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    return _segmenters.borrow("selfie", build)
 
 
 def _shrink(image: Image.Image, max_side: int) -> Image.Image:
@@ -157,7 +204,8 @@ def detect_faces(image: Image.Image, *, min_score: float = 0.5) -> list[FaceBox]
         raise ValueError(f"min_score must be within 0-1, got {min_score}")
     pixels = _model_input(image)
     try:
-        result = _face_detector(min_score).process(pixels)
+        with _face_detector(min_score) as detector:
+            result = detector.process(pixels)
     except RuntimeError as exc:
         raise NodeError(f"face detection failed: {exc}") from exc
     # MediaPipe reports boxes relative to the frame, so they map straight back onto the
@@ -324,7 +372,8 @@ def person_mask(image: Image.Image) -> FloatArray:
     """
     pixels = _model_input(image)
     try:
-        result = _segmenter().process(pixels)
+        with _segmenter() as segmenter:
+            result = segmenter.process(pixels)
     except RuntimeError as exc:
         raise NodeError(f"person segmentation failed: {exc}") from exc
     mask: FloatArray = np.asarray(result.segmentation_mask, dtype=np.float32)
