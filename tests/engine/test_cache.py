@@ -14,14 +14,20 @@ import pytest
 from PIL import Image
 
 import flowy.nodes.io as io_nodes
-from flowy.engine.cache import MemoryResultCache, ResultCache, source_key, value_key
+from flowy.engine.cache import (
+    MemoryResultCache,
+    ResultCache,
+    cache_key,
+    source_key,
+    value_key,
+)
 from flowy.engine.executor import RunFailed, RunRequest, WorkflowExecutor
 from flowy.engine.graph import Workflow, parse_workflow
 from flowy.engine.lazy import Lazy
 from flowy.engine.registry import default_registry
 from flowy.engine.spec import Artifact
 from flowy.errors import MediaError
-from flowy.media.decode import decode_image, encode_image
+from flowy.media.decode import encode_image, load_image
 from flowy.storage.cache import DiskResultCache
 
 
@@ -125,7 +131,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
         return wrapper
 
-    monkeypatch.setattr(io_nodes, "_decode", counting("decode", decode_image))
+    monkeypatch.setattr(io_nodes, "_decode", counting("decode", load_image))
     monkeypatch.setattr(io_nodes, "encode_image", counting("encode", encode_image))
     return counts
 
@@ -304,3 +310,17 @@ def test_a_lazy_value_that_fails_raises_for_each_reader() -> None:
         with pytest.raises(MediaError, match="broken"):
             lazy.get()
     assert not lazy.made
+
+
+def test_a_nodes_params_json_gives_the_key_its_params_give(workflow: Workflow) -> None:
+    """The executor keys nodes by their params' JSON, made once per loaded workflow; the
+    key is the one the params themselves give, and it follows every part of the key."""
+    for b in workflow.nodes.values():
+        upstream = [("image", "k1"), ("a", "k0")]
+        for value in (None, "data:x", {"b": [1, {"d": 2, "c": 1}]}, 2.5):
+            key = cache_key(b.type.type, b.type.version, b.params_json, value, upstream)
+            assert key == cache_key(b.type.type, b.type.version, b.params, value, upstream)
+        base = cache_key(b.type.type, b.type.version, b.params_json, None, upstream)
+        assert base != cache_key(b.type.type, b.type.version, b.params_json, 1, upstream)
+        assert base != cache_key(b.type.type, "other", b.params_json, None, upstream)
+        assert base != cache_key(b.type.type, b.type.version, b.params_json, None, upstream[:1])

@@ -93,6 +93,34 @@ def test_entries_survive_a_restart_and_damage_is_dropped(tmp_path: Path) -> None
     assert not (tmp_path / _key(2)[:2] / _key(2)).exists()
 
 
+def test_an_exclusive_cache_answers_misses_from_what_it_knows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = DiskResultCache(tmp_path, max_bytes=1 << 20, memory_entries=1)
+    cache.exclusive = True
+    cache.put(_key(1), {"text": "one"})
+    cache.put(_key(2), {"text": "two"})  # pushes key 1 out of memory
+    assert cache.flush(timeout=10)
+    # Another process's entry (a shared directory) is found only by a shared cache.
+    other = DiskResultCache(tmp_path, max_bytes=1 << 20)
+    other.put(_key(3), {"text": "three"})
+    assert other.flush(timeout=10)
+    reads: list[str] = []
+    real = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        reads.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert cache.get(_key(9)) is None and cache.get(_key(3)) is None
+    assert reads == []  # misses: no look at the disk
+    assert cache.get(_key(1)) == {"text": "one"}  # known: read from its file
+    assert reads == [_key(1)]
+    cache.exclusive = False
+    assert cache.get(_key(3)) == {"text": "three"}
+
+
 def test_the_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
     one = len(encode_values({"image": _image(0)}) or b"")
     cache = DiskResultCache(tmp_path, max_bytes=one * 5, memory_entries=1)

@@ -17,6 +17,7 @@ from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
 from flowy.services.states import TERMINAL
 from flowy.settings import Settings
+from flowy.storage.cache import DiskResultCache
 from flowy.worker import runner
 
 
@@ -191,3 +192,17 @@ def test_threads_that_execute_runs_yield_the_cpu_to_the_api(tmp_path: Path) -> N
     assert workers and nodes
     assert set(workers) == set(nodes) == {min(19, base + 3)}
     assert nice["flowy-heartbeat"] == nice["flowy-sweeper"] == base
+
+
+def test_the_result_cache_is_exclusive_once_the_data_directory_is_taken(tmp_path: Path) -> None:
+    """A started server holds its data directory, and so its cache directory, alone: the
+    cache then answers misses without a look at the disk."""
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+    p = Platform.build(settings)
+    cache = p.workers.processor.cache
+    assert isinstance(cache, DiskResultCache) and not cache.exclusive
+    p.start()
+    try:
+        assert cache.exclusive
+    finally:
+        p.stop()

@@ -53,13 +53,27 @@ def _digest(*parts: bytes) -> str:
 def cache_key(
     node_type: str,
     version: str,
-    params: BaseModel,
+    params: BaseModel | str,
     input_value: object,
     upstream: Iterable[tuple[str, str]],
 ) -> str:
-    """The key of a deterministic node's result."""
-    doc = [node_type, version, params.model_dump(mode="json"), input_value, sorted(upstream)]
-    return _digest(b"node", json.dumps(doc, sort_keys=True, default=repr).encode())
+    """The key of a deterministic node's result.  ``params``: the node's params, or their
+    canonical JSON (``BoundNode.params_json``), which gives the same key."""
+    if isinstance(params, BaseModel):
+        params = json.dumps(params.model_dump(mode="json"), sort_keys=True, default=repr)
+    # The text json.dumps(doc, sort_keys=True, default=repr) gives for the list
+    # [node_type, version, params, input_value, sorted(upstream)], with the params'
+    # part made once per node rather than once per run.
+    doc = ", ".join(
+        (
+            json.dumps(node_type),
+            json.dumps(version),
+            params,
+            json.dumps(input_value, sort_keys=True, default=repr),
+            json.dumps(sorted(upstream)),
+        )
+    )
+    return _digest(b"node", f"[{doc}]".encode())
 
 
 def port_key(node_key: str, port: str) -> str:

@@ -336,7 +336,7 @@ class WorkflowExecutor:
                 key = cache_key(
                     bt.type,
                     bt.version,
-                    b.params,
+                    b.params_json,
                     request.inputs.get(nid) if bt.input_kind else None,
                     [(name, keys[w.node][w.port]) for name, w in b.wires.items()],
                 )

@@ -13,6 +13,7 @@ app builder sees all that is wrong at once.
 from __future__ import annotations
 
 import graphlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,12 @@ class BoundNode:
     label: str
     params: BaseModel
     wires: Mapping[str, Wire]
+
+    @cached_property
+    def params_json(self) -> str:
+        """The params as canonical JSON (sorted keys), for cache keys: made once, as the
+        node of a loaded workflow serves every run of its version."""
+        return json.dumps(self.params.model_dump(mode="json"), sort_keys=True, default=repr)
 
 
 @dataclass(frozen=True)

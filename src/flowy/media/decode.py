@@ -61,11 +61,33 @@ def probe_image(data: bytes, *, max_pixels: int) -> tuple[int, int]:
             allowed format or is too large.  Damage further into the pixel data shows
             only when the image is decoded.
     """
-    with _quiet_pillow(data, "probing"):
-        image = _open(data, max_pixels=max_pixels)
+    image = open_image(data, max_pixels=max_pixels)
     size: tuple[int, int] = image.size
     image.close()
     return size
+
+
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Check ``data`` as :func:`probe_image` does and answer it opened, its pixels not yet
+    decoded: :func:`load_image` decodes them later, without parsing the header again.
+
+    Raises:
+        MediaError: as :func:`probe_image` does.
+    """
+    with _quiet_pillow("probing"):
+        return _open(data, max_pixels=max_pixels)
+
+
+def load_image(image: Image.Image, *, max_pixels: int) -> Image.Image:
+    """Decode an image :func:`open_image` answered (with the same ``max_pixels``), as
+    :func:`decode_image` decodes bytes.  Call it once per opened image.
+
+    Raises:
+        MediaError: as :func:`decode_image` does for damaged pixel data.
+    """
+    with _quiet_pillow("decoding"):
+        image = _load(image, max_pixels=max_pixels)
+    return _normalise_mode(_apply_exif_orientation(image))
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -83,15 +105,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             ``"not a decodable image: ..."`` when the bytes are empty, not an image in an
             allowed format, truncated or corrupt.
     """
-    with _quiet_pillow(data, "decoding"):
+    with _quiet_pillow("decoding"):
         image = _open_and_load(data, max_pixels=max_pixels)
     image = _apply_exif_orientation(image)
     return _normalise_mode(image)
 
 
 @contextmanager
-def _quiet_pillow(data: bytes, doing: str) -> Iterator[None]:
-    """Refuse empty input; keep Pillow's warnings out of the caller's way.
+def _quiet_pillow(doing: str) -> Iterator[None]:
+    """Keep Pillow's warnings out of the caller's way.
 
     Pillow reports oddities (bad EXIF, its bomb heuristic, ...) as warnings.  They must
     not leak into callers — a run is not the place for them, and under "warnings as
@@ -99,8 +121,6 @@ def _quiet_pillow(data: bytes, doing: str) -> Iterator[None]:
     (catch_warnings swaps process-global state; a concurrent thread's warning may land
     in this record or escape it, which only ever affects logging, never the result.)
     """
-    if not data:
-        raise MediaError("not a decodable image: the input is empty")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
@@ -123,7 +143,11 @@ def _as_media_error() -> Iterator[None]:
 
 def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open ``data``, enforce the pixel limit from the header, then decode the pixels."""
-    image = _open(data, max_pixels=max_pixels)
+    return _load(_open(data, max_pixels=max_pixels), max_pixels=max_pixels)
+
+
+def _load(image: Image.Image, *, max_pixels: int) -> Image.Image:
+    """Decode the pixels of an opened image; its size may not grow past ``max_pixels``."""
     with _as_media_error():
         image.load()
     # Some plugins (ICO-like containers, TIFF) may settle on a different frame size while
@@ -134,6 +158,8 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
 
 def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open ``data`` (header only) and enforce the pixel limit on its declared size."""
+    if not data:
+        raise MediaError("not a decodable image: the input is empty")
     # Pillow's hard ceiling (twice Image.MAX_IMAGE_PIXELS) fires inside open(), before we
     # can look at the size ourselves; it is the same condition, so the same message.
     with _as_media_error():

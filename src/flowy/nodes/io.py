@@ -22,8 +22,8 @@ from flowy.engine.inputs import (
 from flowy.engine.lazy import Lazy
 from flowy.engine.spec import SKIP, Artifact, NodeContext, Port, node
 from flowy.errors import MediaError, NodeError
-from flowy.media.decode import DECODER_VERSION, encode_image, probe_image
-from flowy.media.decode import decode_image as _decode
+from flowy.media.decode import DECODER_VERSION, encode_image, open_image
+from flowy.media.decode import load_image as _decode
 from flowy.media.sniff import extension_for, sniff_content_type
 
 
@@ -111,17 +111,18 @@ def image_input(ctx: NodeContext, params: MediaInputParams) -> dict[str, object]
     data = ctx.media.read(str(url))
     ctx.check_canceled()
     # What is not an image, or too large, fails here, naming this node: the header tells.
-    probe_image(data, max_pixels=ctx.max_pixels)
+    opened = open_image(data, max_pixels=ctx.max_pixels)
     # The pixels are decoded only for a node that runs: a repeat run whose every reader
-    # of this image is served from the result cache never decodes it.
+    # of this image is served from the result cache never decodes it.  Then the header
+    # read here serves: it is not parsed twice.
     key = source_key(f"image:{DECODER_VERSION}", data)
-    return {"image": Lazy(key, _decoder(data, ctx.max_pixels, ctx.node_id))}
+    return {"image": Lazy(key, _decoder(opened, ctx.max_pixels, ctx.node_id))}
 
 
-def _decoder(data: bytes, max_pixels: int, node_id: str) -> Callable[[], Image.Image]:
+def _decoder(opened: Image.Image, max_pixels: int, node_id: str) -> Callable[[], Image.Image]:
     def decode() -> Image.Image:
         try:
-            return _decode(data, max_pixels=max_pixels)
+            return _decode(opened, max_pixels=max_pixels)
         except MediaError as exc:
             # Raised in the node that reads the image: say where the image came from.
             raise MediaError(f"{exc.message} (the image of input {node_id})") from exc

@@ -109,6 +109,9 @@ class Platform:
     def start(self) -> None:
         """Migrate the schema, take the data directory, start the in-process workers."""
         self._lock_data_dir()
+        cache = self.workers.processor.cache
+        if isinstance(cache, DiskResultCache):
+            cache.exclusive = True  # its directory is the data directory's, now ours alone
         upgrade(self.settings.sqlalchemy_url)
         self.db.start_checkpointer()
         self.workers.start()

@@ -165,6 +165,10 @@ class DiskResultCache:
 
     ``put`` returns at once and a background thread writes the entry (see the module's
     docstring); :meth:`flush` waits until every entry handed over is on disk.
+
+    ``exclusive``: no other process writes to ``root`` (embedded mode, whose process
+    holds its data directory's lock).  Then the entries this object knows are all there
+    are, and a key it does not know is a miss without a look at the disk.
     """
 
     def __init__(
@@ -176,6 +180,7 @@ class DiskResultCache:
         min_seconds: float = 0.0,
     ) -> None:
         self.min_seconds = min_seconds
+        self.exclusive = False
         #: Seconds the writer thread waits for more entries before it ends.
         self.linger = WRITER_LINGER_SECONDS
         self.root = root
@@ -226,9 +231,12 @@ class DiskResultCache:
             return None
         with self._lock:
             queued = self._pending.get(key)
+            unknown = queued is None and self.exclusive and key not in self._sizes
         if queued is not None:  # handed to the writer, not yet on disk
             self.memory.put(key, queued[0])
             return queued[0]
+        if unknown:
+            return None
         try:
             data = self._path(key).read_bytes()
             values = decode_values(data)
