@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -32,6 +31,7 @@ from PIL import Image
 
 from flowy.engine.cache import MemoryResultCache
 from flowy.engine.spec import SKIP, Artifact
+from flowy.storage.local import TMP_PREFIX, write_new
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _MAGIC = b"FLOWYC2\n"
 # After the magic: the header's length and the CRC-32 of everything that follows.
 _PREFIX = struct.Struct("<QI")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX
 #: A temporary file older than this is left over from a writer that died.
 _STALE_TMP_SECONDS = 600.0
 #: How long the writer thread waits for more entries before it ends (an idle process
@@ -324,15 +324,7 @@ class DiskResultCache:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for part in parts:
-                        f.write(part)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_new(str(path), parts)
         except OSError:
             logger.warning("could not write cache entry %s", key, exc_info=True)
             return
