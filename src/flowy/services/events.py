@@ -56,6 +56,15 @@ def emit(s: Session, run_id: str, type: str, data: dict[str, Any] | None = None)
     s.info.setdefault(RUNS_CHANGED, set()).add(run_id)
 
 
+def discard(s: Session, run_id: str) -> None:
+    """Take back the events emitted for ``run_id`` in this transaction, not yet written
+    (a terminal write that found the run's lease lost, in a transaction that writes other
+    runs' ends too)."""
+    pending: list[tuple[str, str, dict[str, Any], datetime]] | None = s.info.get(_PENDING)
+    if pending:
+        pending[:] = [p for p in pending if p[0] != run_id]
+
+
 def created(s: Session, run_id: str) -> None:
     """Note that this write transaction inserted ``run_id``: its events are numbered
     from 1 without looking for earlier ones."""

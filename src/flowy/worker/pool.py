@@ -31,7 +31,7 @@ from flowy.services.idempotency import IdempotencyStore
 from flowy.services.secrets import SecretService
 from flowy.services.states import RunStatus, claim, requeue_expired
 from flowy.settings import Settings
-from flowy.worker.runner import NextRun, RunProcessor
+from flowy.worker.runner import NextRun, RunEnd, RunProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -52,42 +52,119 @@ def lower_priority(nice: int) -> None:
         logger.debug("could not lower the priority of thread %d", tid, exc_info=True)
 
 
+#: A worker whose run took less than this claims up to PREFETCH queued runs at its end
+#: and writes the ends of those runs together: for runs this short the terminal
+#: transaction costs as much as the run, and one for several costs little more than one.
+FAST_RUN_SECONDS = 0.02
+PREFETCH = 8
+#: The longest a kept end waits for the transaction that writes it (a run that turned
+#: out slow does not hold back the ends of the fast ones before it).
+MAX_KEEP_SECONDS = 0.05
+
+
 class _Successor(NextRun):
     """A worker's :class:`NextRun`: in the transaction that ends its run, it claims the
-    run at the head of the queue, which the worker then runs without a claim of its own.
-    A run it could not claim (canceled meanwhile, or its workspace at its limit) goes
-    back to the queue, for the usual path to settle."""
+    runs at the head of the queue, which the worker then runs without claims of their
+    own.  After a fast run it claims up to :data:`PREFETCH` of them and keeps their ends
+    to write in one transaction, with the claim of the next ones.  A run it could not
+    claim (canceled meanwhile, or its workspace at its limit) goes back to the queue,
+    for the usual path to settle."""
 
     def __init__(self, pool: LocalWorkerPool) -> None:
         self.pool = pool
-        self._taken: str | None = None
-        self._claimed: Row[Any] | None = None
-        self._next: Row[Any] | None = None
+        self._taken: list[str] = []
+        self._claimed: dict[str, Row[Any]] = {}
+        self._next: deque[Row[Any]] = deque()
+        self._kept: list[RunEnd] = []
+        self._writing: list[RunEnd] = []
+        self._kept_since = 0.0
+        self._run_started = time.monotonic()
+
+    def started(self) -> None:
+        """The worker starts its next run now."""
+        self._run_started = time.monotonic()
+
+    def defer(self, end: RunEnd) -> bool:
+        if (
+            not self._next
+            or len(self._kept) >= PREFETCH
+            or time.monotonic() - self._run_started >= FAST_RUN_SECONDS
+        ):
+            # Its end goes out now, with those kept (and, the last of a batch, claims
+            # the next): a slow run's end is not kept waiting either.
+            return False
+        if not self._kept:
+            self._kept_since = time.monotonic()
+        self._kept.append(end)
+        return True
+
+    def write_kept(self, s: Session) -> None:
+        self._writing, self._kept = self._kept, []
+        for end in self._writing:
+            end.write(s)
 
     def claim(self, s: Session) -> None:
-        self._taken = self.pool._take_queued()
-        if self._taken is not None:
-            self._claimed = self.pool.claim(s, self._taken)
+        fast = time.monotonic() - self._run_started < FAST_RUN_SECONDS
+        self._taken = self.pool._take_queued(PREFETCH if fast else 1)
+        for run_id in self._taken:
+            row = self.pool.claim(s, run_id)
+            if row is not None:
+                self._claimed[run_id] = row
 
     def committed(self) -> None:
+        for end in self._writing:
+            end.written()
+        self._writing = []
         taken, claimed = self._taken, self._claimed
-        self._taken = self._claimed = None
-        if claimed is not None:
-            self.pool.processor.adopt(claimed)
-            self._next = claimed
-        elif taken is not None:
-            self.pool._requeue(taken)
+        self._taken, self._claimed = [], {}
+        for run_id in reversed(taken):  # back to the head of the queue, in their order
+            if run_id not in claimed:
+                self.pool._requeue(run_id)
+        for row in claimed.values():
+            self.pool.processor.adopt(row)
+            self._next.append(row)
 
     def rolled_back(self) -> None:
-        taken = self._taken
-        self._taken = self._claimed = None
-        if taken is not None:
-            self.pool._requeue(taken)
+        for run_id in reversed(self._taken):
+            self.pool._requeue(run_id)
+        self._taken, self._claimed = [], {}
+        ends, self._writing = self._writing, []
+        # Each kept end on its own: one that cannot be written must not take the others
+        # with it.  One that fails alone fails its run, as any error of Flowy's would.
+        for end in ends:
+            try:
+                with self.pool.db.write() as s:
+                    end.write(s)
+            except Exception:
+                logger.exception("run %s: internal error while writing its end", end.run.id)
+                try:
+                    self.pool.processor.fail_internal(end.run)
+                except Exception:  # left to its lease: the sweeper requeues it
+                    logger.exception("run %s: could not fail it either", end.run.id)
+            end.written()
+
+    def tick(self) -> None:
+        if self._kept and time.monotonic() - self._kept_since >= MAX_KEEP_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the ends kept so far, in a transaction of their own (each alone if that
+        fails: see :meth:`rolled_back`).  Never raises: it runs inside another run's
+        watchdog, and as the worker ends."""
+        if not self._kept:
+            return
+        try:
+            with self.pool.db.write() as s:
+                self.write_kept(s)
+        except Exception:
+            logger.exception("could not write %d run ends together", len(self._writing))
+            self.rolled_back()
+            return
+        self.committed()
 
     def pop(self) -> Row[Any] | None:
-        """The run claimed for this worker, once."""
-        claimed, self._next = self._next, None
-        return claimed
+        """The next run claimed for this worker, once."""
+        return self._next.popleft() if self._next else None
 
 
 class LocalWorkerPool:
@@ -233,13 +310,18 @@ class LocalWorkerPool:
             pass
         IdempotencyStore(self.db).purge()
 
-    def _take_queued(self) -> str | None:
-        """The first queued run id, if the queue starts with one (without waiting)."""
+    def _take_queued(self, most: int) -> list[str]:
+        """Up to ``most`` queued run ids from the head of the queue (without waiting)."""
+        taken: list[str] = []
         with self._ready:
-            if self._queue and isinstance(self._queue[0], str) and not self._stop.is_set():
-                run_id: str = self._queue.popleft()  # type: ignore[assignment]
-                return run_id
-            return None
+            while (
+                len(taken) < most
+                and self._queue
+                and isinstance(self._queue[0], str)
+                and not self._stop.is_set()
+            ):
+                taken.append(self._queue.popleft())  # type: ignore[arg-type]
+        return taken
 
     def _requeue(self, run_id: str) -> None:
         with self._ready:
@@ -249,11 +331,21 @@ class LocalWorkerPool:
     def _work(self) -> None:
         lower_priority(self.settings.worker.nice)
         successor = _Successor(self)
+        try:
+            self._work_with(successor)
+        finally:
+            successor.flush()  # the ends it kept are written before the worker ends
+
+    def _work_with(self, successor: _Successor) -> None:
         while not self._stop.is_set():
-            item = successor.pop() or self._take()
+            item: str | Row[Any] | None = successor.pop()
+            if item is None:
+                successor.flush()  # before this worker waits for a run, if it must
+                item = self._take()
             if item is None:
                 break
             run_id = item if isinstance(item, str) else item.id
+            successor.started()
             try:
                 if isinstance(item, str):
                     outcome = self.processor.process(item, successor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from flowy.engine.graph import Workflow
 from flowy.engine.spec import Artifact
 from flowy.media.fetch import FetchPolicy
 from flowy.services.apps import WorkflowCache
-from flowy.services.events import emit
+from flowy.services.events import discard, emit
 from flowy.services.files import FileService
 from flowy.services.media import RunMedia
 from flowy.services.runs import CANCELED_BY_REQUEST, READ_INPUTS
@@ -53,10 +54,10 @@ class RunSink:
     """Keeps per-node state of one run and writes it, with its events, to the run row.
 
     Writes are coalesced: a burst of node changes within ``FLUSH_INTERVAL`` becomes one
-    fenced transaction, written by the executor's :meth:`tick` or by the terminal
-    transaction (:meth:`drain_events`).  A fast run thus costs its end (and its claim,
-    unless the run before it claimed it), not a write per node change, while a slow
-    node's start still shows within a tick.
+    fenced transaction, written by the executor's :meth:`tick` or by the run's end
+    (:class:`RunEnd` takes what is left, :meth:`take_events`).  A fast run thus costs its
+    end (and its claim, unless the run before it claimed it), not a write per node
+    change, while a slow node's start still shows within a tick.
     """
 
     def __init__(self, db: Database, run: ClaimedRun, owner: str, workflow: Workflow) -> None:
@@ -72,6 +73,8 @@ class RunSink:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._logs = 0
         self._last_flush = time.monotonic()  # the claim was just written
+        #: Called on every tick too (on the thread running the executor).
+        self.on_tick: Callable[[], None] | None = None
         self.states: dict[str, dict[str, Any]] = {
             nid: {
                 "type": workflow.nodes[nid].type.type,
@@ -106,11 +109,17 @@ class RunSink:
 
     def drain_events(self, s: Session) -> None:
         """Write the queued events in the caller's transaction, which writes the node
-        states itself and rolls back unless it holds the run (the terminal one)."""
+        states itself (:meth:`drain`)."""
         with self._lock:
             for event, data in self._pending:
                 emit(s, self.run_id, event, data)
             self._pending.clear()
+
+    def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """The queued events, taken out of the sink (the run has ended: no more come)."""
+        with self._lock:
+            events, self._pending = self._pending, []
+            return events
 
     def drain(self, s: Session) -> bool:
         """Write the node states and queued events in the caller's transaction (fenced);
@@ -132,6 +141,8 @@ class RunSink:
         with self._lock:
             if self._pending and time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
                 self._flush()
+        if self.on_tick is not None:
+            self.on_tick()
 
     def node_started(self, node_id: str) -> None:
         with self._lock:
@@ -203,24 +214,96 @@ class ClaimedRun(Protocol):
 
 
 class NextRun(Protocol):
-    """Claims a worker's next run in the transaction that ends its current one, so a
-    backlog costs one write transaction a run instead of two (embedded mode's pool)."""
+    """Claims a worker's next runs in the transaction that ends its current one, so a
+    backlog costs one write transaction a run instead of two (embedded mode's pool); and
+    may keep the ends of fast runs to write several in one transaction."""
+
+    def defer(self, end: RunEnd) -> bool:
+        """Keep ``end`` to write with a later terminal transaction of this worker (True),
+        or not (False: the caller writes it now, with the ends kept before)."""
+        ...
+
+    def write_kept(self, s: Session) -> None:
+        """Write the ends kept so far in ``s``."""
+        ...
 
     def claim(self, s: Session) -> None:
-        """Take a queued run and claim it in ``s`` (or nothing, if none is queued)."""
+        """Take queued runs and claim them in ``s`` (or nothing, if none is queued)."""
         ...
 
     def committed(self) -> None:
-        """``s`` committed: the claimed run is this worker's next."""
+        """``s`` committed: the claimed runs are this worker's next."""
         ...
 
     def rolled_back(self) -> None:
-        """``s`` rolled back: give the run back to the queue."""
+        """``s`` rolled back: give the runs back to the queue, and write the kept ends
+        each in a transaction of its own."""
+        ...
+
+    def tick(self) -> None:
+        """Called while a run executes: write kept ends that have waited long enough."""
         ...
 
 
-class _LeaseLost(Exception):
-    """Rolls back a terminal transaction whose fenced update found another owner."""
+class RunEnd:
+    """A run's terminal write: its last node events, its output files, its status,
+    outputs and node states in one fenced update.  None of it but the files' rows is
+    kept (:meth:`write` answers False) when this worker no longer holds the run."""
+
+    def __init__(
+        self,
+        processor: RunProcessor,
+        run: ClaimedRun,
+        sink: RunSink,
+        assets: list[Asset],
+        status: RunStatus,
+        outputs: list[dict[str, Any]],
+        error: str | None = None,
+        error_node: str | None = None,
+    ) -> None:
+        self.processor = processor
+        self.run = run
+        self.sink = sink
+        self.assets = assets
+        self.status = status
+        self.outputs = outputs
+        self.error = error
+        self.error_node = error_node
+        # The sink's last events, taken at the first write (a retry writes them again).
+        self._events: list[tuple[str, dict[str, Any]]] | None = None
+        #: Whether the write took (set by :meth:`write`; None before).
+        self.ok: bool | None = None
+
+    def write(self, s: Session) -> bool:
+        run = self.run
+        self.ok = None  # until this write's own answer (a retry writes it again)
+        if self._events is None:
+            self._events = self.sink.take_events()
+        for event, data in self._events:
+            emit(s, run.id, event, data)
+        # The files are on disk already: their rows let retention remove them, in any case.
+        self.processor.files.record(s, self.assets)
+        ok = self.ok = finish(
+            s,
+            run.id,
+            self.processor.owner,
+            run.attempt,
+            self.status,
+            outputs=self.outputs,
+            error=self.error,
+            error_node=self.error_node,
+            nodes=self.sink.states,
+            head=(run.workspace_id, run.webhook_url, run.webhook_events),
+        )
+        if not ok:
+            discard(s, run.id)  # its node events too: another worker owns the run now
+        return ok
+
+    def written(self) -> None:
+        """The transaction that wrote it committed: the run is no longer this worker's."""
+        self.processor.release(self.run.id)
+        if self.ok is False:
+            logger.warning("run %s: lease lost before finishing; result dropped", self.run.id)
 
 
 class RunProcessor:
@@ -302,30 +385,43 @@ class RunProcessor:
             token = self.active.setdefault(run.id, CancelToken())
         if run.cancel_requested_at is not None:
             token.cancel(CANCELED_BY_REQUEST)
+        kept = False
         try:
             workflow = self.workflows.load(run.version_id, read)
-            self._execute(run, workflow, token, next_run)
+            kept = self._execute(run, workflow, token, next_run)
         except Exception:
             logger.exception("run %s: internal error", run.id)
-            with self.db.write() as s:
-                finish(
-                    s,
-                    run.id,
-                    self.owner,
-                    run.attempt,
-                    RunStatus.FAILED,
-                    error="internal error while running; see the server log",
-                )
+            self.fail_internal(run)
         finally:
-            with self._lock:
-                self.active.pop(run.id, None)
-                self._inputs.pop(run.id, None)
+            if not kept:  # a kept end stays in charge until it is written
+                self.release(run.id)
         return run.workspace_id
+
+    def fail_internal(self, run: ClaimedRun) -> None:
+        """End ``run`` as failed by an error of Flowy's own (logged by the caller)."""
+        with self.db.write() as s:
+            finish(
+                s,
+                run.id,
+                self.owner,
+                run.attempt,
+                RunStatus.FAILED,
+                error="internal error while running; see the server log",
+            )
+
+    def release(self, run_id: str) -> None:
+        """This worker is done with ``run_id``: its lease is no longer renewed."""
+        with self._lock:
+            self.active.pop(run_id, None)
+            self._inputs.pop(run_id, None)
 
     def _execute(
         self, run: ClaimedRun, workflow: Workflow, token: CancelToken, next_run: NextRun | None
-    ) -> None:
+    ) -> bool:
+        """Run it and end it; True when its end was kept to be written later."""
         sink = RunSink(self.db, run, self.owner, workflow)
+        if next_run is not None:
+            sink.on_tick = next_run.tick  # ends kept from earlier runs go out meanwhile
         w = self.settings.worker
         deadline = None
         if run.deadline_at is not None:
@@ -340,7 +436,7 @@ class RunProcessor:
                         RunStatus.FAILED,
                         error="the run passed its time limit before it started",
                     )
-                return
+                return False
             deadline = time.monotonic() + left
         with self._lock:
             inputs = self._inputs.pop(run.id, None)
@@ -367,63 +463,41 @@ class RunProcessor:
             sink.close_pending(NodeStatus.CANCELED)
             # A canceled or failed run keeps the outputs it had already made.
             partial, assets = self._store_outputs(run, workflow, failed.outputs, partial=True)
-            ok = self._finish(
-                run, sink, assets, next_run, status, partial, failed.error, failed.node_id
-            )
+            end = RunEnd(self, run, sink, assets, status, partial, failed.error, failed.node_id)
             logger.info("run %s %s: %s", run.id, status, failed.error)
         else:
             outputs, assets = self._store_outputs(run, workflow, values)
-            ok = self._finish(run, sink, assets, next_run, RunStatus.COMPLETED, outputs)
+            end = RunEnd(self, run, sink, assets, RunStatus.COMPLETED, outputs)
             logger.debug("run %s completed", run.id)  # one a run: too chatty for INFO
-        if not ok:
-            logger.warning("run %s: lease lost before finishing; result dropped", run.id)
+        return self._finish(end, next_run)
 
-    def _finish(
-        self,
-        run: ClaimedRun,
-        sink: RunSink,
-        assets: list[Asset],
-        next_run: NextRun | None,
-        status: RunStatus,
-        outputs: list[dict[str, Any]],
-        error: str | None = None,
-        error_node: str | None = None,
-    ) -> bool:
-        """The terminal transaction: the run's last node events, its output files, its
-        status, outputs and node states in one fenced update, and the claim of the
-        worker's next run.  None of that is kept (False) when this worker no longer holds
-        the run; only its output files are recorded then, to expire with retention."""
+    def _finish(self, end: RunEnd, next_run: NextRun | None) -> bool:
+        """The terminal transaction: the ends ``next_run`` kept, this run's end and the
+        claim of the worker's next runs.  Answers True when ``next_run`` keeps this end
+        for a later one instead (the run is then still this worker's)."""
+        if next_run is not None and next_run.defer(end):
+            return True
         try:
             with self.db.write() as s:
-                sink.drain_events(s)
-                self.files.record(s, assets)
-                if not finish(
-                    s,
-                    run.id,
-                    self.owner,
-                    run.attempt,
-                    status,
-                    outputs=outputs,
-                    error=error,
-                    error_node=error_node,
-                    nodes=sink.states,
-                    head=(run.workspace_id, run.webhook_url, run.webhook_events),
-                ):
-                    raise _LeaseLost
+                if next_run is not None:
+                    next_run.write_kept(s)
+                end.write(s)
                 if next_run is not None:
                     next_run.claim(s)
-        except BaseException as exc:
+        except Exception:
+            if next_run is None:
+                raise
+            # The kept ends each alone, the claimed runs back to the queue; then this
+            # run's end alone (what it raises now fails this run, as for any run).
+            next_run.rolled_back()
+            with self.db.write() as s:
+                end.write(s)
+        else:
             if next_run is not None:
-                next_run.rolled_back()
-            if isinstance(exc, _LeaseLost):
-                # The files are on disk already: their rows let retention remove them.
-                with self.db.write() as s:
-                    self.files.record(s, assets)
-                return False
-            raise
-        if next_run is not None:
-            next_run.committed()
-        return True
+                next_run.committed()
+        if end.ok is False:
+            logger.warning("run %s: lease lost before finishing; result dropped", end.run.id)
+        return False
 
     def _store_outputs(
         self,
