@@ -4,7 +4,6 @@ their ends together: fewer write transactions, the same runs, events and outputs
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import event, select, update
 
-from flowy.db.models import Run, RunEvent
+from flowy.db.models import Run
 from flowy.db.session import Database
 from flowy.engine.registry import default_registry
 from flowy.engine.spec import NodeContext, Port, node
@@ -21,6 +20,7 @@ from flowy.services.platform import Platform
 from flowy.settings import Settings
 from flowy.worker import pool as pool_mod
 from flowy.worker.runner import RunEnd
+from tests.worker.runs import events, wait_status
 
 HOLD = threading.Event()  # lets "hold" runs go
 HELD = threading.Event()  # a "hold" run is waiting
@@ -99,19 +99,6 @@ def _backlog(p: Platform, texts: list[str]) -> tuple[str, list[str]]:
     return ws, [p.runs.create(ws, app, {"inputs": {"node_1": t}}).id for t in texts]
 
 
-def _events(p: Platform, run_id: str) -> list[str]:
-    with p.db.read() as s:
-        q = select(RunEvent.type).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
-        return list(s.scalars(q))
-
-
-def _wait(p: Platform, ws: str, run_id: str, status: str) -> None:
-    deadline = time.monotonic() + 10
-    while (now := p.runs.get(ws, run_id).status) != status:
-        assert time.monotonic() < deadline, f"run {run_id} is {now}, not {status}"
-        time.sleep(0.01)
-
-
 def _commits(p: Platform) -> list[int]:
     count = [0]
     event.listen(p.db._write, "after_commit", lambda _s: count.__setitem__(0, count[0] + 1))
@@ -133,25 +120,25 @@ def test_a_backlog_of_fast_runs_ends_in_few_transactions(platform: Platform) -> 
     commits = _commits(platform)
     HOLD.set()
     for run_id in runs:
-        _wait(platform, ws, run_id, "completed")
+        wait_status(platform, ws, run_id, "completed")
     # 21 runs ended: claimed eight at a time, ended eight at a time.
     assert commits[0] <= 6
     for run_id, text in zip(runs, texts, strict=True):
         run = platform.runs.get(ws, run_id)
         assert [o["value"] for o in run.outputs] == [text]
         assert [n["status"] for n in run.nodes.values()] == ["completed"] * 3
-        assert _events(platform, run_id) == RUN_EVENTS
+        assert events(platform, run_id) == RUN_EVENTS
 
 
 def test_a_lost_lease_drops_only_that_runs_end(platform: Platform) -> None:
     ws, runs = _backlog(platform, ["a", "b", "steal", "c", "d"])
     HOLD.set()
     for run_id in runs[:2] + runs[3:]:
-        _wait(platform, ws, run_id, "completed")
+        wait_status(platform, ws, run_id, "completed")
     stolen = platform.runs.get(ws, runs[2])
     assert stolen.status == "running" and stolen.outputs == []  # the other worker's now
-    events = _events(platform, runs[2])
-    assert "node.finished" not in events and "run.completed" not in events
+    seen = events(platform, runs[2])
+    assert "node.finished" not in seen and "run.completed" not in seen
     with platform.db.read() as s:
         assert s.scalar(select(Run.lease_owner).where(Run.id == runs[2])) == "another"
 
@@ -161,11 +148,11 @@ def test_a_slow_run_does_not_hold_back_the_ends_kept_before_it(platform: Platfor
     HOLD.set()  # the first run ends and claims both; "fast" ends, kept; "slow" starts
     assert SLOW_IN.wait(10)
     # "slow" still runs: its watchdog's tick wrote the end kept before it meanwhile.
-    _wait(platform, ws, fast, "completed")
+    wait_status(platform, ws, fast, "completed")
     assert platform.runs.get(ws, slow).status == "running"
-    assert _events(platform, fast) == RUN_EVENTS
+    assert events(platform, fast) == RUN_EVENTS
     SLOW.set()
-    _wait(platform, ws, slow, "completed")
+    wait_status(platform, ws, slow, "completed")
 
 
 def test_an_end_that_cannot_be_written_fails_only_its_run(
@@ -182,7 +169,7 @@ def test_an_end_that_cannot_be_written_fails_only_its_run(
     monkeypatch.setattr(RunEnd, "write", poisoned)
     HOLD.set()
     for run_id in (runs[0], runs[2], runs[3]):
-        _wait(platform, ws, run_id, "completed")
-        assert _events(platform, run_id) == RUN_EVENTS
-    _wait(platform, ws, runs[1], "failed")
+        wait_status(platform, ws, run_id, "completed")
+        assert events(platform, run_id) == RUN_EVENTS
+    wait_status(platform, ws, runs[1], "failed")
     assert "internal error" in (platform.runs.get(ws, runs[1]).error or "")

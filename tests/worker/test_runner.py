@@ -18,6 +18,7 @@ from flowy.engine.spec import NodeContext, Port, node
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
 from flowy.settings import Settings
+from tests.worker.runs import events, wait_status
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()
@@ -72,7 +73,7 @@ def _wait_idle(p: Platform) -> None:
         time.sleep(0.01)
 
 
-def test_a_completed_run_keeps_its_file_status_and_events(platform: Platform) -> None:
+def test_a_completed_run_keeps_its_file_status_andevents(platform: Platform) -> None:
     ws, run_id = _start(platform)
     RELEASE.set()
     _wait_idle(platform)
@@ -132,12 +133,11 @@ def test_a_backlog_is_claimed_in_the_transactions_that_end_runs(
     )
     RELEASE.set()
     for run_id in queued:
-        _wait_status(platform, ws, run_id, "completed")
+        wait_status(platform, ws, run_id, "completed")
     # The one worker claimed each queued run as it finished the one before: none of
     # them needed a claim transaction of its own.
     assert claims == []
-    events = _events(platform, queued[0])
-    assert events[:2] == ["run.queued", "run.started"]
+    assert events(platform, queued[0])[:2] == ["run.queued", "run.started"]
 
 
 def test_a_run_canceled_while_queued_is_not_started_by_the_one_before(
@@ -147,9 +147,9 @@ def test_a_run_canceled_while_queued_is_not_started_by_the_one_before(
     doomed, kept = _queue(platform, ws, _app_of(platform, ws, first), 2)
     platform.runs.cancel(ws, doomed)
     RELEASE.set()
-    _wait_status(platform, ws, kept, "completed")
+    wait_status(platform, ws, kept, "completed")
     assert platform.runs.get(ws, doomed).status == "canceled"
-    assert "run.started" not in _events(platform, doomed)
+    assert "run.started" not in events(platform, doomed)
 
 
 def test_the_next_run_survives_a_lost_lease_of_the_one_before(platform: Platform) -> None:
@@ -158,18 +158,5 @@ def test_the_next_run_survives_a_lost_lease_of_the_one_before(platform: Platform
     with platform.db.write() as s:
         s.execute(update(Run).where(Run.id == first).values(lease_owner="another-worker"))
     RELEASE.set()
-    _wait_status(platform, ws, after, "completed")
+    wait_status(platform, ws, after, "completed")
     assert platform.runs.get(ws, first).status == "running"  # the other worker's now
-
-
-def _events(p: Platform, run_id: str) -> list[str]:
-    with p.db.read() as s:
-        q = select(RunEvent.type).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
-        return list(s.scalars(q))
-
-
-def _wait_status(p: Platform, ws: str, run_id: str, status: str) -> None:
-    deadline = time.monotonic() + 10
-    while (now := p.runs.get(ws, run_id).status) != status:
-        assert time.monotonic() < deadline, f"run {run_id} is {now}, not {status}"
-        time.sleep(0.01)

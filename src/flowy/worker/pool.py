@@ -138,7 +138,7 @@ class _Successor(NextRun):
             except Exception:
                 logger.exception("run %s: internal error while writing its end", end.run.id)
                 try:
-                    self.pool.processor.fail_internal(end.run)
+                    self.pool.processor.fail(end.run)
                 except Exception:  # left to its lease: the sweeper requeues it
                     logger.exception("run %s: could not fail it either", end.run.id)
             end.written()

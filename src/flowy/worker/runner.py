@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -40,6 +41,8 @@ PROGRESS_INTERVAL = 0.5
 MAX_LOGS = 1000
 #: Node changes closer together than this are written in one transaction.
 FLUSH_INTERVAL = 0.05
+#: The error of a run that failed by an error of Flowy's own.
+INTERNAL_ERROR = "internal error while running; see the server log"
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -245,34 +248,24 @@ class NextRun(Protocol):
         ...
 
 
+@dataclass(eq=False)
 class RunEnd:
     """A run's terminal write: its last node events, its output files, its status,
     outputs and node states in one fenced update.  None of it but the files' rows is
     kept (:meth:`write` answers False) when this worker no longer holds the run."""
 
-    def __init__(
-        self,
-        processor: RunProcessor,
-        run: ClaimedRun,
-        sink: RunSink,
-        assets: list[Asset],
-        status: RunStatus,
-        outputs: list[dict[str, Any]],
-        error: str | None = None,
-        error_node: str | None = None,
-    ) -> None:
-        self.processor = processor
-        self.run = run
-        self.sink = sink
-        self.assets = assets
-        self.status = status
-        self.outputs = outputs
-        self.error = error
-        self.error_node = error_node
-        # The sink's last events, taken at the first write (a retry writes them again).
-        self._events: list[tuple[str, dict[str, Any]]] | None = None
-        #: Whether the write took (set by :meth:`write`; None before).
-        self.ok: bool | None = None
+    processor: RunProcessor
+    run: ClaimedRun
+    sink: RunSink
+    assets: list[Asset]
+    status: RunStatus
+    outputs: list[dict[str, Any]]
+    error: str | None = None
+    error_node: str | None = None
+    #: Whether the write took (set by :meth:`write`; None before).
+    ok: bool | None = field(default=None, init=False)
+    # The sink's last events, taken at the first write (a retry writes them again).
+    _events: list[tuple[str, dict[str, Any]]] | None = field(default=None, init=False)
 
     def write(self, s: Session) -> bool:
         run = self.run
@@ -391,23 +384,17 @@ class RunProcessor:
             kept = self._execute(run, workflow, token, next_run)
         except Exception:
             logger.exception("run %s: internal error", run.id)
-            self.fail_internal(run)
+            self.fail(run)
         finally:
             if not kept:  # a kept end stays in charge until it is written
                 self.release(run.id)
         return run.workspace_id
 
-    def fail_internal(self, run: ClaimedRun) -> None:
-        """End ``run`` as failed by an error of Flowy's own (logged by the caller)."""
+    def fail(self, run: ClaimedRun, error: str = INTERNAL_ERROR) -> None:
+        """End ``run`` as failed, by default by an error of Flowy's own (which the caller
+        logged)."""
         with self.db.write() as s:
-            finish(
-                s,
-                run.id,
-                self.owner,
-                run.attempt,
-                RunStatus.FAILED,
-                error="internal error while running; see the server log",
-            )
+            finish(s, run.id, self.owner, run.attempt, RunStatus.FAILED, error=error)
 
     def release(self, run_id: str) -> None:
         """This worker is done with ``run_id``: its lease is no longer renewed."""
@@ -427,15 +414,7 @@ class RunProcessor:
         if run.deadline_at is not None:
             left = (run.deadline_at - utcnow()).total_seconds()
             if left <= 0:
-                with self.db.write() as s:
-                    finish(
-                        s,
-                        run.id,
-                        self.owner,
-                        run.attempt,
-                        RunStatus.FAILED,
-                        error="the run passed its time limit before it started",
-                    )
+                self.fail(run, "the run passed its time limit before it started")
                 return False
             deadline = time.monotonic() + left
         with self._lock:
