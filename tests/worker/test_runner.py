@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from flowy.engine.registry import default_registry
 from flowy.engine.spec import NodeContext, Port, node
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
+from flowy.services.states import claim
 from flowy.settings import Settings
 from tests.worker.runs import events, wait_status
+from tests.workflows import ECHO
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()
@@ -160,3 +163,27 @@ def test_the_next_run_survives_a_lost_lease_of_the_one_before(platform: Platform
     RELEASE.set()
     wait_status(platform, ws, after, "completed")
     assert platform.runs.get(ws, first).status == "running"  # the other worker's now
+
+
+def test_a_run_past_its_deadline_when_its_worker_gets_it_fails_unstarted(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+    p = Platform.build(settings)
+    p.start()
+    try:
+        p.workers.stop()  # this test plays the worker
+        ws = create_workspace(p.db, "test")
+        app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
+        run = p.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
+        with p.db.write() as s:
+            claimed = claim(s, run.id, p.workers.owner, timedelta(seconds=90))
+        late = claimed._replace(deadline_at=datetime.now(UTC) - timedelta(seconds=1))
+        p.workers.processor.run_claimed(late)
+        ended = p.runs.get(ws, run.id)
+        assert ended.status == "failed"
+        assert ended.error == "the run passed its time limit before it started"
+        assert events(p, run.id)[-1] == "run.failed"
+        assert "node.started" not in events(p, run.id)
+    finally:
+        p.stop()
