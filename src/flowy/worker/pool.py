@@ -104,6 +104,8 @@ class _Successor(NextRun):
             end.write(s)
 
     def claim(self, s: Session) -> None:
+        if self._next:
+            return  # runs claimed before still wait for this worker: leave the rest to others
         fast = time.monotonic() - self._run_started < FAST_RUN_SECONDS
         self._taken = self.pool._take_queued(PREFETCH if fast else 1)
         for run_id in self._taken:
