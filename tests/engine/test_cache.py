@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import BaseModel
 
 import flowy.nodes.io as io_nodes
 from flowy.engine.cache import (
@@ -21,11 +23,11 @@ from flowy.engine.cache import (
     source_key,
     value_key,
 )
-from flowy.engine.executor import RunFailed, RunRequest, WorkflowExecutor
+from flowy.engine.executor import RunFailed, RunRequest, WorkflowExecutor, worth_keeping
 from flowy.engine.graph import Workflow, parse_workflow
 from flowy.engine.lazy import Lazy
 from flowy.engine.registry import default_registry
-from flowy.engine.spec import Artifact
+from flowy.engine.spec import Artifact, NodeContext, Port, node
 from flowy.errors import MediaError
 from flowy.media.decode import encode_image, load_image
 from flowy.storage.cache import DiskResultCache
@@ -324,3 +326,64 @@ def test_a_nodes_params_json_gives_the_key_its_params_give(workflow: Workflow) -
         assert base != cache_key(b.type.type, b.type.version, b.params_json, 1, upstream)
         assert base != cache_key(b.type.type, "other", b.params_json, None, upstream)
         assert base != cache_key(b.type.type, b.type.version, b.params_json, None, upstream[:1])
+
+
+def test_a_result_is_kept_for_its_cpu_or_its_long_wait_not_for_a_short_wait() -> None:
+    """A node is worth caching when its own thread worked on it for the threshold, or
+    when it took ten times the threshold in all (a subprocess, native threads); a short
+    wait, such as for the GIL on a busy server, does not make a cheap node worth it."""
+    assert worth_keeping(wall=0.0031, cpu=0.003, min_seconds=0.002)  # its own work
+    assert worth_keeping(wall=0.5, cpu=0.0001, min_seconds=0.002)  # work done elsewhere
+    assert not worth_keeping(wall=0.008, cpu=0.0004, min_seconds=0.002)  # waited, cheap
+    assert worth_keeping(wall=0.0, cpu=0.0, min_seconds=0.0)  # no threshold: all kept
+
+
+@pytest.mark.parametrize(("nap", "kept"), [(0.005, False), (0.2, True)])
+def test_the_executor_keeps_by_cpu_time_or_a_long_wait(
+    pool: ThreadPoolExecutor, nap: float, kept: bool
+) -> None:
+    registry = default_registry(load_entry_points=False)
+    registry.register(_napper)
+    flow = parse_workflow(
+        {
+            "nodes": [
+                {"id": "t", "type": "input.text", "params": {"required": True}},
+                {
+                    "id": "nap",
+                    "type": "test.nap",
+                    "params": {"seconds": nap},
+                    "inputs": {"text": {"node": "t", "port": "text"}},
+                },
+                {
+                    "id": "out",
+                    "type": "output.text",
+                    "inputs": {"text": {"node": "nap", "port": "text"}},
+                },
+            ]
+        },
+        registry,
+    )
+    cache = MemoryResultCache(min_seconds=0.005)
+    request = RunRequest("run_1", {"t": "hi"}, Media({}), max_pixels=1, cache=cache)
+    WorkflowExecutor(pool).execute(flow, request, Sink())
+    # The nap costs no CPU: 5 ms of it is a wait like any other; 200 ms, over ten times
+    # the threshold, is work done elsewhere, and kept.
+    assert (len(cache) > 0) is kept
+
+
+class NapParams(BaseModel):
+    seconds: float
+
+
+@node(
+    "test.nap",
+    title="Nap",
+    category="test",
+    params=NapParams,
+    inputs={"text": Port("text")},
+    outputs={"text": Port("text")},
+)
+def _napper(ctx: NodeContext, params: NapParams, text: str) -> dict[str, object]:
+    """Sleeps (no CPU), then gives its text back."""
+    time.sleep(params.seconds)
+    return {"text": text}

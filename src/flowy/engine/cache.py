@@ -31,8 +31,9 @@ class ResultCache(Protocol):
     values it cannot store and never raises.
 
     ``min_seconds``: results that took less than this to compute are not offered to
-    ``put`` (the executor times each node): storing and finding them again would cost
-    more than computing them again.
+    ``put`` (the executor times each node, by its thread's CPU time or, for work done
+    elsewhere, ten times this in all: see ``executor.worth_keeping``): storing and
+    finding them again would cost more than computing them again.
     """
 
     min_seconds: float

@@ -192,6 +192,20 @@ class _Result:
     cached: bool
 
 
+#: A node whose own thread spent less than the cache's threshold of CPU on it is still
+#: worth keeping when it took this many times the threshold in all: its work ran
+#: elsewhere (a subprocess, a library's native threads).
+OFF_THREAD_FACTOR = 10
+
+
+def worth_keeping(wall: float, cpu: float, min_seconds: float) -> bool:
+    """Whether a node that took ``wall`` seconds, ``cpu`` of them on its own thread's CPU,
+    is worth its place in the cache.  Wall time alone counts the waits for the GIL: on a
+    busy server a node of a few tenths of a millisecond takes milliseconds of it, and
+    keeping its result (copying, writing) then costs more than the node did."""
+    return cpu >= min_seconds or wall >= OFF_THREAD_FACTOR * min_seconds
+
+
 def _invoke(
     b: BoundNode,
     ctx: _Context,
@@ -209,7 +223,7 @@ def _invoke(
             return _Result(hit, {p: port_key(key, p) for p in hit}, True)
     # The node runs: make the values that were left for first use (a decoded image).
     # That work counts in its cost, so a cheap node that decoded an image is kept.
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     if any(isinstance(v, Lazy) for v in kwargs.values()):
         kwargs = {name: resolve(v) for name, v in kwargs.items()}
     result = b.type.run(ctx, b.params, **kwargs)
@@ -217,7 +231,8 @@ def _invoke(
         return _Result(result, content_key(result) if cache is not None else {}, False)
     if lookup:
         assert cache is not None
-        if time.perf_counter() - t0 >= cache.min_seconds:
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        if worth_keeping(wall, cpu, cache.min_seconds):
             cache.put(key, result)
     return _Result(result, {p: port_key(key, p) for p in result}, False)
 
