@@ -78,8 +78,9 @@ class CacheSettings(BaseModel):
     min_node_seconds: float = Field(
         0.002,
         ge=0,
-        description="Results of nodes faster than this are not kept: storing and finding "
-        "them costs more than computing them again.",
+        description="Results of nodes that take less than this of their thread's CPU time "
+        "(or ten times this in all) are not kept: storing and finding them costs more than "
+        "computing them again.",
     )
 
 
