@@ -52,27 +52,15 @@ DECODER_VERSION: Final[str] = f"decode_image-1/pillow-{PIL.__version__}"
 # --------------------------------------------------------------------------- decoding
 
 
-def probe_image(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Check ``data`` the way :func:`decode_image` would, from the header alone, and
-    return the stored width and height.  Decodes no pixel data, so it is cheap.
+    answer it opened, its pixels not yet decoded (cheap): :func:`load_image` decodes
+    them later, without parsing the header again.
 
     Raises:
         MediaError: as :func:`decode_image` does for content that is not an image in an
             allowed format or is too large.  Damage further into the pixel data shows
             only when the image is decoded.
-    """
-    image = open_image(data, max_pixels=max_pixels)
-    size: tuple[int, int] = image.size
-    image.close()
-    return size
-
-
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Check ``data`` as :func:`probe_image` does and answer it opened, its pixels not yet
-    decoded: :func:`load_image` decodes them later, without parsing the header again.
-
-    Raises:
-        MediaError: as :func:`probe_image` does.
     """
     with _quiet_pillow("probing"):
         return _open(data, max_pixels=max_pixels)

@@ -39,7 +39,6 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _MAGIC = b"FLOWYC2\n"
 # After the magic: the header's length and the CRC-32 of everything that follows.
 _PREFIX = struct.Struct("<QI")
-_TMP_PREFIX = TMP_PREFIX
 #: A temporary file older than this is left over from a writer that died.
 _STALE_TMP_SECONDS = 600.0
 #: How long the writer thread waits for more entries before it ends (an idle process
@@ -211,7 +210,7 @@ class DiskResultCache:
                     st = os.stat(path)
                     if _KEY.match(name):
                         entries.append((st.st_mtime, name, st.st_size))
-                    elif name.startswith(_TMP_PREFIX) and st.st_mtime < stale:
+                    elif name.startswith(TMP_PREFIX) and st.st_mtime < stale:
                         os.unlink(path)  # a writer died mid-entry (the process was killed)
                 except FileNotFoundError:
                     continue  # another process sharing the directory removed it

@@ -57,8 +57,8 @@ class RunSink:
     """Keeps per-node state of one run and writes it, with its events, to the run row.
 
     Writes are coalesced: a burst of node changes within ``FLUSH_INTERVAL`` becomes one
-    fenced transaction, written by the executor's :meth:`tick` or by the run's end
-    (:class:`RunEnd` takes what is left, :meth:`take_events`).  A fast run thus costs its
+    fenced transaction (:meth:`drain`), written by the executor's :meth:`tick` or by the
+    run's end (:class:`RunEnd` takes what is left, :meth:`take_events`).  A fast run thus costs its
     end (and its claim, unless the run before it claimed it), not a write per node
     change, while a slow node's start still shows within a tick.
     """
@@ -110,14 +110,6 @@ class RunSink:
         if not ok:
             self.lost = True
 
-    def drain_events(self, s: Session) -> None:
-        """Write the queued events in the caller's transaction, which writes the node
-        states itself (:meth:`drain`)."""
-        with self._lock:
-            for event, data in self._pending:
-                emit(s, self.run_id, event, data)
-            self._pending.clear()
-
     def take_events(self) -> list[tuple[str, dict[str, Any]]]:
         """The queued events, taken out of the sink (the run has ended: no more come)."""
         with self._lock:
@@ -136,7 +128,8 @@ class RunSink:
                 nodes={k: dict(v) for k, v in self.states.items()},
             )
             if ok:
-                self.drain_events(s)
+                for event, data in self._pending:
+                    emit(s, self.run_id, event, data)
             self._pending.clear()
             return ok
 
