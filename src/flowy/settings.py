@@ -30,7 +30,17 @@ class ServerSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    concurrency: int = Field(2, ge=1, description="Runs executed at once by in-process workers.")
+    concurrency: int = Field(
+        2, ge=1, description="Runs executed at once by the workers of each process that runs them."
+    )
+    processes: int = Field(
+        0,
+        ge=0,
+        description="Worker processes that `flowy serve` starts to run runs, each with "
+        "`concurrency` workers (0: the workers are threads of the server process).  Runs "
+        "of mostly Python work (small images, many nodes) go faster in processes, since "
+        "threads of one process take turns at Python; each process costs its own memory.",
+    )
     node_concurrency: int = Field(
         4, ge=1, description="Independent nodes of one run executed at once."
     )

@@ -6,13 +6,15 @@ writers queue on the busy timeout instead of one failing with "database is locke
 it upgrades a read lock mid-transaction.  Writers of this process also queue on a Python
 lock first: SQLite's busy handler waits for a held lock by sleeping 1, 2, 5, 10 ... 100 ms
 at a time, so two threads contending on it would each lose milliseconds per transaction,
-while a mutex hands over at once.  (The busy timeout still covers another process, such
-as the CLI.)  Reads use plain deferred transactions on a second engine and never wait
-for writers.  On PostgreSQL both are one engine.
+while a mutex hands over at once.  Processes that write all the time (the server and its
+worker processes) share a lock file the same way (``process_lock``).  (The busy timeout
+still covers another process, such as the CLI.)  Reads use plain deferred transactions
+on a second engine and never wait for writers.  On PostgreSQL both are one engine.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +22,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -164,15 +168,58 @@ class Checkpointer:
                 logger.exception("WAL checkpoint failed")
 
 
+class WriteLock:
+    """The write lock of one process's writers (re-entrant), and, with a ``path``, of
+    every process that opens the same file: an ``flock`` held from the first entry of
+    the holding thread to its last exit.  The kernel wakes a waiting process as soon as
+    the lock is free, where SQLite's busy handler would sleep."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path is not None else None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self._depth == 0 and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._lock.release()
+                raise
+        self._depth += 1
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Database:
     """Sessions for reading and for writing, on SQLite or PostgreSQL alike.
 
     With ``background_checkpoints`` (a long-running server), SQLite's log is copied into
     the database by a :class:`Checkpointer` started with :meth:`start_checkpointer`
-    rather than by the commit that fills it.
+    rather than by the commit that fills it (by another process's, if this one never
+    starts it).  ``process_lock``: the lock file that this process's writers share with
+    other processes writing to the same SQLite file (see :class:`WriteLock`).
     """
 
-    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        background_checkpoints: bool = False,
+        process_lock: Path | None = None,
+    ) -> None:
         self.url = url
         self.checkpointer: Checkpointer | None = None
         path = make_url(url).database if url.startswith("sqlite") else None
@@ -191,8 +238,8 @@ class Database:
             )
         # Re-entrant, so a nested write fails on SQLite's busy timeout as before rather
         # than hanging here.
-        self._write_lock: threading.RLock | nullcontext[None] = (
-            threading.RLock() if url.startswith("sqlite") else nullcontext()
+        self._write_lock: WriteLock | nullcontext[None] = (
+            WriteLock(process_lock) if url.startswith("sqlite") else nullcontext()
         )
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
@@ -200,15 +247,29 @@ class Database:
         self.commit_hooks: list[Callable[[set[str]], None]] = []
         #: Called after a commit that :func:`mark` ed their flag.
         self.flag_hooks: dict[str, list[Callable[[], None]]] = {}
+        #: When set, told of each commit (the runs it changed, its flags) instead of the
+        #: hooks: a worker process relays them to the server's (:meth:`announce`).
+        self.relay: Callable[[set[str], set[str]], None] | None = None
         event.listen(self._write, "after_commit", self._after_commit)
         event.listen(self._write, "after_rollback", self._after_rollback)
 
     def _after_commit(self, session: Session) -> None:
         changed: set[str] = session.info.pop(RUNS_CHANGED, set())
+        flags: set[str] = session.info.pop(COMMIT_FLAGS, set())
+        if not changed and not flags:
+            return
+        if self.relay is not None:
+            self.relay(changed, flags)
+        else:
+            self.announce(changed, flags)
+
+    def announce(self, changed: set[str], flags: set[str]) -> None:
+        """Call the hooks of a commit that changed the runs ``changed`` and wrote
+        ``flags``: one of this process's, or one relayed from a worker process."""
         if changed:
             for hook in self.commit_hooks:
                 hook(changed)
-        for flag in session.info.pop(COMMIT_FLAGS, ()):
+        for flag in flags:
             for flag_hook in self.flag_hooks.get(flag, ()):
                 flag_hook()
 
@@ -242,3 +303,5 @@ class Database:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+        if isinstance(self._write_lock, WriteLock):
+            self._write_lock.close()

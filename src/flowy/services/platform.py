@@ -5,7 +5,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from flowy.db.migrate import upgrade
@@ -25,9 +27,41 @@ from flowy.storage.cache import DiskResultCache
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
 from flowy.worker.pool import LocalWorkerPool
+from flowy.worker.processes import ProcessWorkerPool
 from flowy.worker.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
+
+
+def write_lock_path(settings: Settings) -> Path:
+    """The lock file of the writers of the server and its worker processes."""
+    return settings.data_dir / "flowy.write.lock"
+
+
+def worker_services(settings: Settings, db: Database) -> tuple[FileService, SecretService]:
+    """The services that run execution needs beside the database and the node catalog
+    (the server's, or a worker process's own)."""
+    files = FileService(
+        db,
+        LocalBlobStore(settings.storage_dir),
+        UrlSigner(settings.signing_key()),
+        settings.base_url,
+        settings.media.url_ttl_seconds,
+        {
+            "upload": settings.retention.uploads_seconds,
+            "output": settings.retention.outputs_seconds,
+        },
+    )
+    return files, SecretService(db, settings.signing_key())
+
+
+def result_cache(settings: Settings) -> DiskResultCache | None:
+    """The node result cache of the process that runs nodes, if it is enabled."""
+    if not settings.cache.enabled:
+        return None
+    return DiskResultCache(
+        settings.cache_dir, settings.cache.max_bytes, min_seconds=settings.cache.min_node_seconds
+    )
 
 
 @dataclass
@@ -39,7 +73,7 @@ class Platform:
     apps: AppService
     runs: RunService
     secrets: SecretService
-    workers: LocalWorkerPool
+    workers: LocalWorkerPool | ProcessWorkerPool
     bus: EventBus
     limiter: RateLimiter
     idempotency: IdempotencyStore
@@ -48,42 +82,41 @@ class Platform:
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, settings: Settings, registry: NodeRegistry | None = None) -> Platform:
+    def build(
+        cls,
+        settings: Settings,
+        registry: NodeRegistry | None = None,
+        *,
+        registry_factory: Callable[[], NodeRegistry] = default_registry,
+    ) -> Platform:
+        """The parts, unstarted.  ``registry_factory`` makes the node catalog (unless
+        ``registry`` is given); worker processes call it to make theirs, so it must be a
+        module-level function when ``worker.processes`` is set."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.sqlalchemy_url, background_checkpoints=True)
-        registry = registry or default_registry()
+        processes = settings.worker.processes
+        db = Database(
+            settings.sqlalchemy_url,
+            background_checkpoints=True,
+            process_lock=write_lock_path(settings) if processes else None,
+        )
+        registry = registry or registry_factory()
         workflows = WorkflowCache(registry)
-        files = FileService(
-            db,
-            LocalBlobStore(settings.storage_dir),
-            UrlSigner(settings.signing_key()),
-            settings.base_url,
-            settings.media.url_ttl_seconds,
-            {
-                "upload": settings.retention.uploads_seconds,
-                "output": settings.retention.outputs_seconds,
-            },
-        )
+        files, secrets = worker_services(settings, db)
         apps = AppService(db, workflows)
-        secrets = SecretService(db, settings.signing_key())
-        cache = (
-            DiskResultCache(
-                settings.cache_dir,
-                settings.cache.max_bytes,
-                min_seconds=settings.cache.min_node_seconds,
-            )
-            if settings.cache.enabled
-            else None
-        )
-        workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
+        workers: LocalWorkerPool | ProcessWorkerPool
+        if processes:
+            workers = ProcessWorkerPool(settings, db, files, registry_factory)
+        else:
+            cache = result_cache(settings)
+            workers = LocalWorkerPool(settings, db, workflows, files, secrets, cache)
         runs = RunService(
             db,
             apps,
             files,
             workers.enqueue,
-            workers.processor.cancel,
+            workers.cancel,
             settings.limits.max_inputs,
-            direct=workers,
+            direct=workers if isinstance(workers, LocalWorkerPool) else None,
         )
         bus = LocalEventBus()
         db.commit_hooks.append(bus.notify)
@@ -109,7 +142,7 @@ class Platform:
     def start(self) -> None:
         """Migrate the schema, take the data directory, start the in-process workers."""
         self._lock_data_dir()
-        cache = self.workers.processor.cache
+        cache = self._cache()
         if isinstance(cache, DiskResultCache):
             cache.exclusive = True  # its directory is the data directory's, now ours alone
         upgrade(self.settings.sqlalchemy_url)
@@ -121,13 +154,17 @@ class Platform:
         self.runs.writer.close()  # runs accepted until now are committed and queued
         self.workers.stop()
         self.dispatcher.stop()
-        cache = self.workers.processor.cache
+        cache = self._cache()
         if isinstance(cache, DiskResultCache):
             cache.close()  # results still queued for the disk are written first
         self.db.dispose()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def _cache(self) -> object:
+        """The result cache of this process's workers (none with worker processes)."""
+        return self.workers.processor.cache if isinstance(self.workers, LocalWorkerPool) else None
 
     def _lock_data_dir(self) -> None:
         # Embedded mode recovers "running" runs at start-up as orphans; that is only

@@ -1,7 +1,10 @@
-"""In-process workers for embedded mode: threads that take run ids from a local queue,
-a heartbeat that renews their leases, and a sweeper that recovers runs whose lease ran out.
+"""Workers for embedded mode: threads that take run ids from a local queue, a heartbeat
+that renews their leases, and a sweeper that recovers runs whose lease ran out.
 
-Scaled mode replaces the local queue by Celery; :class:`RunProcessor` stays the same.
+The threads run in the server process (:class:`LocalWorkerPool`), or in worker processes
+that the server starts (``worker.processes``, :mod:`flowy.worker.processes`), each with a
+LocalWorkerPool of its own.  Scaled mode replaces the local queue by Celery;
+:class:`RunProcessor` stays the same.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -169,8 +173,145 @@ class _Successor(NextRun):
         return self._next.popleft() if self._next else None
 
 
-class LocalWorkerPool:
-    """Runs queued runs on threads of this process."""
+class Housekeeper:
+    """What a pool does beside running runs: recovery at start-up, the sweeper, retention,
+    and runs parked while their workspace is at its concurrent-run limit.  Subclasses
+    queue the runs (:meth:`enqueue`)."""
+
+    def __init__(self, settings: Settings, db: Database, files: FileService) -> None:
+        self.settings = settings
+        self.db = db
+        self.files = files
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._deferred: dict[str, list[str]] = {}
+        self._deferred_lock = threading.Lock()
+
+    def enqueue(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    def _start_housekeeping(self) -> None:
+        self._spawn(self._every(self.settings.worker.sweep_seconds, self.sweep), "flowy-sweeper")
+        self._spawn(
+            self._every(self.settings.retention.sweep_seconds, self.purge), "flowy-retention"
+        )
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def recover(self) -> None:
+        """Embedded mode owns its data directory alone (a lock file ensures it), so a run
+        still ``running`` at start-up belongs to a process that died: expire its lease now
+        rather than waiting it out, then sweep and queue every queued run."""
+        self.expire_leases()
+        self.sweep(enqueue=False)
+        with self.db.read() as s:
+            ids = list(
+                s.scalars(
+                    select(Run.id)
+                    .where(Run.status == RunStatus.QUEUED)
+                    .order_by(Run.created_at, Run.id)
+                )
+            )
+        if ids:
+            logger.info("recovered %d queued run(s)", len(ids))
+        for run_id in ids:
+            self.enqueue(run_id)
+
+    def expire_leases(self, owner: str | None = None) -> None:
+        """End now the leases of the running runs of ``owner`` (of all, by default): their
+        worker is gone, and the next sweep requeues them."""
+        cond = [Run.status == RunStatus.RUNNING]
+        if owner is not None:
+            cond.append(Run.lease_owner == owner)
+        with self.db.write() as s:
+            s.execute(
+                update(Run)
+                .where(*cond)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                .execution_options(synchronize_session=False)
+            )
+
+    def sweep(self, enqueue: bool = True) -> None:
+        """Requeue runs whose lease ran out; fail those out of attempts; look again at
+        runs parked by the concurrent-run limit."""
+        if enqueue:
+            self._release()
+        with self.db.write() as s:
+            requeued, failed = requeue_expired(s, utcnow(), self.settings.worker.max_attempts)
+        for run_id in failed:
+            logger.warning("run %s failed: out of attempts", run_id)
+        for run_id in requeued:
+            logger.warning("run %s: lease expired, requeued", run_id)
+            if enqueue:
+                self.enqueue(run_id)
+
+    def purge(self) -> None:
+        """Retention: delete files past their period and idempotency keys past 24 h."""
+        while self.files.purge_expired():
+            pass
+        IdempotencyStore(self.db).purge()
+
+    def hand_back(self, owner: str) -> None:
+        """Give the runs ``owner`` still holds back to the queue (status ``queued``), for
+        the next start: a hand-back on shutdown is not a failed attempt."""
+        with self.db.write() as s:
+            s.execute(
+                update(Run)
+                .where(Run.status == RunStatus.RUNNING, Run.lease_owner == owner)
+                .values(
+                    status=RunStatus.QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempt=Run.attempt - 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    def settle(self, run_id: str, outcome: str | None) -> None:
+        """A worker is done with ``run_id`` (``RunProcessor.process``'s answer)."""
+        if outcome is None:
+            return
+        if outcome.startswith("deferred:"):
+            # The workspace is at its concurrent-run limit: park the run until one of
+            # its runs ends (or the sweeper looks again).
+            with self._deferred_lock:
+                self._deferred.setdefault(outcome[9:], []).append(run_id)
+        else:
+            self._release(outcome)
+
+    def _release(self, workspace_id: str | None = None) -> None:
+        """Queue again the runs parked for a workspace (or for all of them)."""
+        with self._deferred_lock:
+            if workspace_id is None:
+                parked = [r for runs in self._deferred.values() for r in runs]
+                self._deferred.clear()
+            else:
+                parked = self._deferred.pop(workspace_id, [])
+        for run_id in parked:
+            self.enqueue(run_id)
+
+    def _every(self, seconds: float, fn: object) -> object:
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    fn()  # type: ignore[operator]
+                except Exception:
+                    logger.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+        return loop
+
+
+def new_owner() -> str:
+    """A worker identity, unique to this process and call: what leases name."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+
+
+class LocalWorkerPool(Housekeeper):
+    """Runs queued runs on threads of this process.  ``owner`` names its leases (one of
+    its own by default)."""
 
     def __init__(
         self,
@@ -180,11 +321,11 @@ class LocalWorkerPool:
         files: FileService,
         secrets: SecretService,
         cache: ResultCache | None,
+        owner: str | None = None,
     ) -> None:
-        self.settings = settings
-        self.db = db
+        super().__init__(settings, db, files)
         w = settings.worker
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.owner = owner or new_owner()
         self._node_pool = ThreadPoolExecutor(
             max_workers=w.concurrency * w.node_concurrency,
             thread_name_prefix="flowy-node",
@@ -201,10 +342,9 @@ class LocalWorkerPool:
         self._ready = threading.Condition()
         self._waiting = 0  # workers blocked in _take
         self._held = 0  # of those, held by reserve() for a run being created
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._deferred: dict[str, list[str]] = {}
-        self._deferred_lock = threading.Lock()
+        #: Told of each run a worker is done with, instead of :meth:`settle` (a worker
+        #: process tells the server, which queues the runs).
+        self.on_outcome: Callable[[str, str | None], None] | None = None
 
     def enqueue(self, run_id: str) -> None:
         with self._ready:
@@ -251,66 +391,20 @@ class LocalWorkerPool:
     def start(self) -> None:
         """Recover what a previous process left, then start workers and housekeeping."""
         self.recover()
+        self.start_workers()
+        self._start_housekeeping()
+
+    def start_workers(self) -> None:
+        """Start the workers and the heartbeat that renews their leases."""
         for i in range(self.settings.worker.concurrency):
             self._spawn(self._work, f"flowy-worker-{i}")
         self._spawn(
             self._every(self.settings.worker.heartbeat_seconds, self.processor.renew_leases),
             "flowy-heartbeat",
         )
-        self._spawn(self._every(self.settings.worker.sweep_seconds, self.sweep), "flowy-sweeper")
-        self._spawn(
-            self._every(self.settings.retention.sweep_seconds, self.purge), "flowy-retention"
-        )
 
-    def _spawn(self, target: object, name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
-        t.start()
-        self._threads.append(t)
-
-    def recover(self) -> None:
-        """Embedded mode owns its data directory alone (a lock file ensures it), so a run
-        still ``running`` at start-up belongs to a process that died: expire its lease now
-        rather than waiting it out, then sweep and queue every queued run."""
-        with self.db.write() as s:
-            s.execute(
-                update(Run)
-                .where(Run.status == RunStatus.RUNNING)
-                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
-                .execution_options(synchronize_session=False)
-            )
-        self.sweep(enqueue=False)
-        with self.db.read() as s:
-            ids = list(
-                s.scalars(
-                    select(Run.id)
-                    .where(Run.status == RunStatus.QUEUED)
-                    .order_by(Run.created_at, Run.id)
-                )
-            )
-        if ids:
-            logger.info("recovered %d queued run(s)", len(ids))
-        for run_id in ids:
-            self.enqueue(run_id)
-
-    def sweep(self, enqueue: bool = True) -> None:
-        """Requeue runs whose lease ran out; fail those out of attempts; look again at
-        runs parked by the concurrent-run limit."""
-        if enqueue:
-            self._release()
-        with self.db.write() as s:
-            requeued, failed = requeue_expired(s, utcnow(), self.settings.worker.max_attempts)
-        for run_id in failed:
-            logger.warning("run %s failed: out of attempts", run_id)
-        for run_id in requeued:
-            logger.warning("run %s: lease expired, requeued", run_id)
-            if enqueue:
-                self.enqueue(run_id)
-
-    def purge(self) -> None:
-        """Retention: delete files past their period and idempotency keys past 24 h."""
-        while self.processor.files.purge_expired():
-            pass
-        IdempotencyStore(self.db).purge()
+    def cancel(self, run_id: str, reason: str) -> None:
+        self.processor.cancel(run_id, reason)
 
     def _take_queued(self, most: int) -> list[str]:
         """Up to ``most`` queued run ids from the head of the queue (without waiting)."""
@@ -355,37 +449,11 @@ class LocalWorkerPool:
                     outcome = self.processor.run_claimed(item, successor)
             except Exception:
                 logger.exception("worker failed on run %s", run_id)
-                continue
-            if outcome is None:
-                continue
-            if outcome.startswith("deferred:"):
-                # The workspace is at its concurrent-run limit: park the run until one of
-                # its runs ends (or the sweeper looks again).
-                with self._deferred_lock:
-                    self._deferred.setdefault(outcome[9:], []).append(run_id)
+                outcome = None
+            if self.on_outcome is not None:
+                self.on_outcome(run_id, outcome)
             else:
-                self._release(outcome)
-
-    def _release(self, workspace_id: str | None = None) -> None:
-        """Queue again the runs parked for a workspace (or for all of them)."""
-        with self._deferred_lock:
-            if workspace_id is None:
-                parked = [r for runs in self._deferred.values() for r in runs]
-                self._deferred.clear()
-            else:
-                parked = self._deferred.pop(workspace_id, [])
-        for run_id in parked:
-            self.enqueue(run_id)
-
-    def _every(self, seconds: float, fn: object) -> object:
-        def loop() -> None:
-            while not self._stop.wait(seconds):
-                try:
-                    fn()  # type: ignore[operator]
-                except Exception:
-                    logger.exception("background task %s failed", getattr(fn, "__name__", fn))
-
-        return loop
+                self.settle(run_id, outcome)
 
     def stop(self) -> None:
         """Stop taking runs; give runs in flight the shutdown grace period, then hand them
@@ -397,17 +465,5 @@ class LocalWorkerPool:
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
-        with self.db.write() as s:
-            s.execute(
-                update(Run)
-                .where(Run.status == RunStatus.RUNNING, Run.lease_owner == self.owner)
-                .values(
-                    status=RunStatus.QUEUED,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    # A hand-back on shutdown is not a failed attempt.
-                    attempt=Run.attempt - 1,
-                )
-                .execution_options(synchronize_session=False)
-            )
+        self.hand_back(self.owner)
         self._node_pool.shutdown(wait=False, cancel_futures=True)
