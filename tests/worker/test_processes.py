@@ -25,6 +25,7 @@ from flowy.services.platform import Platform
 from flowy.services.webhooks import DELIVERIES_QUEUED
 from flowy.settings import Settings
 from flowy.worker.processes import ProcessWorkerPool
+from tests.flowy_process import FlowyProcess
 from tests.worker.runs import events, wait_status
 
 ECHO = {
@@ -272,3 +273,39 @@ def test_writes_of_a_database_with_a_process_lock_take_it(tmp_path: Path) -> Non
                 os.close(fd)
     finally:
         db.dispose()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _wait_gone(pids: list[int], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{p}").exists() and not _is_zombie(p) for p in pids):
+        assert time.monotonic() < deadline, "a worker process outlived its server"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["terminated", "killed"])
+def test_worker_processes_end_with_their_server(tmp_path: Path, how: str) -> None:
+    """``flowy serve`` with worker processes: a run goes through them over HTTP, and they
+    end with the server, whether it stops (SIGTERM) or is killed (they read the end of
+    their pipe)."""
+    server = FlowyProcess(tmp_path, env={"FLOWY_WORKER__PROCESSES": "2"}).start()
+    try:
+        app = server.post(
+            "/apps", json={"title": "Echo", "workflow": ECHO, "published": True}
+        ).json()["data"]["id"]
+        run = server.post(f"/apps/{app}/runs", json={"inputs": {"node_1": "http"}}).json()
+        done = server.wait_run(run["data"]["runId"])
+        assert done["outputs"][0]["value"] == "echo http from a worker"
+        assert server.proc is not None
+        workers = _children(server.proc.pid)
+        assert len(workers) >= 2  # and multiprocessing's resource tracker
+    finally:
+        if how == "killed":
+            server.kill()
+        else:
+            server.stop()
+    _wait_gone(workers)
