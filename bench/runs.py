@@ -361,7 +361,7 @@ def row_small_runs(cfg: Config) -> Row:
     n = cfg.n(1000, 30)
     row = Row(
         6,
-        f"{n} small image runs, 2 workers (embedded)",
+        f"{n} small image runs, 2 worker processes (embedded)",
         "same decode/resize/encode in a plain loop",
         "≥0.8× throughput",
         command=cfg.command,
@@ -385,6 +385,7 @@ def row_small_runs(cfg: Config) -> Row:
     row.ok = row.ratio >= 0.8
     row.details = {
         "runs": n,
+        "workers": "2 worker processes of 1 worker each (worker.processes=2, concurrency=1)",
         "image": f"{src}x{src} PNG data: URI, distinct per run -> Lanczos {dst}x{dst} -> PNG",
         "submitted_through": "RunService.start (the API's group commit)",
         "flowy_seconds": round(t["flowy_seconds"], 3),
