@@ -19,25 +19,7 @@ from flowy.services.states import TERMINAL
 from flowy.settings import Settings
 from flowy.storage.cache import DiskResultCache
 from flowy.worker import runner
-
-
-def _delay(seconds: float) -> dict[str, object]:
-    return {
-        "nodes": [
-            {"id": "node_1", "type": "input.text", "params": {"required": True}},
-            {
-                "id": "node_2",
-                "type": "util.delay",
-                "params": {"seconds": seconds},
-                "inputs": {"value": {"node": "node_1", "port": "text"}},
-            },
-            {
-                "id": "node_3",
-                "type": "output.text",
-                "inputs": {"text": {"node": "node_2", "port": "value"}},
-            },
-        ]
-    }
+from tests.worker.runs import delay
 
 
 @pytest.fixture
@@ -107,7 +89,7 @@ def test_a_new_run_is_claimed_in_the_transaction_that_creates_it(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = create_workspace(platform.db, "direct")
-    app = platform.apps.create(ws, title="Wait", workflow=_delay(0.3), published=True).app.id
+    app = platform.apps.create(ws, title="Wait", workflow=delay(0.3), published=True).app.id
     _wait_for_waiting_worker(platform)
     queued = _record_enqueues(platform)
     reads = _record_input_reads(monkeypatch)
@@ -133,7 +115,7 @@ def test_with_no_worker_waiting_a_run_is_queued_then_claimed(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = create_workspace(platform.db, "queued")
-    app = platform.apps.create(ws, title="Wait", workflow=_delay(0.5), published=True).app.id
+    app = platform.apps.create(ws, title="Wait", workflow=delay(0.5), published=True).app.id
     _wait_for_waiting_worker(platform)
     queued = _record_enqueues(platform)
     reads = _record_input_reads(monkeypatch)
@@ -155,7 +137,7 @@ def test_with_no_worker_waiting_a_run_is_queued_then_claimed(
 
 def test_a_run_handed_to_a_worker_can_be_canceled(platform: Platform) -> None:
     ws = create_workspace(platform.db, "cancel")
-    app = platform.apps.create(ws, title="Wait", workflow=_delay(5.0), published=True).app.id
+    app = platform.apps.create(ws, title="Wait", workflow=delay(5.0), published=True).app.id
     _wait_for_waiting_worker(platform)
     run = platform.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
     platform.runs.cancel(ws, run.id)
@@ -177,7 +159,7 @@ def test_threads_that_execute_runs_yield_the_cpu_to_the_api(tmp_path: Path) -> N
     p.start()
     try:
         ws = create_workspace(p.db, "nice")
-        app = p.apps.create(ws, title="d", workflow=_delay(0.01), published=True).app
+        app = p.apps.create(ws, title="d", workflow=delay(0.01), published=True).app
         assert _wait_ended(p, p.runs.create(ws, app.id, {"inputs": {"node_1": "x"}}).id)
         base = _thread_nice(threading.get_native_id())
         nice = {

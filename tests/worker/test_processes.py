@@ -26,7 +26,7 @@ from flowy.services.webhooks import DELIVERIES_QUEUED
 from flowy.settings import Settings
 from flowy.worker.processes import ProcessWorkerPool
 from tests.flowy_process import FlowyProcess
-from tests.worker.runs import events, wait_status
+from tests.worker.runs import delay, events, wait_status
 
 ECHO = {
     "nodes": [
@@ -44,25 +44,6 @@ ECHO = {
         },
     ]
 }
-
-
-def _delay(seconds: float) -> dict[str, object]:
-    return {
-        "nodes": [
-            {"id": "node_1", "type": "input.text", "params": {"required": True}},
-            {
-                "id": "node_2",
-                "type": "util.delay",
-                "params": {"seconds": seconds},
-                "inputs": {"value": {"node": "node_1", "port": "text"}},
-            },
-            {
-                "id": "node_3",
-                "type": "output.text",
-                "inputs": {"text": {"node": "node_2", "port": "value"}},
-            },
-        ]
-    }
 
 
 def _settings(data_dir: Path, **worker: Any) -> Settings:
@@ -125,7 +106,7 @@ def test_runs_execute_in_the_worker_processes(platform: Platform) -> None:
 def test_a_cancel_reaches_a_run_in_a_worker_process(platform: Platform) -> None:
     p = platform
     ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=_delay(30), published=True).app.id
+    app = p.apps.create(ws, title="Slow", workflow=delay(30), published=True).app.id
     run = p.runs.create(ws, app, {"inputs": {"node_1": "x"}})
     wait_status(p, ws, run.id, "running")
     t0 = time.monotonic()
@@ -139,7 +120,7 @@ def test_a_cancel_reaches_a_run_in_a_worker_process(platform: Platform) -> None:
 def test_a_killed_worker_process_loses_no_run(platform: Platform) -> None:
     p = platform
     ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=_delay(1.0), published=True).app.id
+    app = p.apps.create(ws, title="Slow", workflow=delay(1.0), published=True).app.id
     run = p.runs.create(ws, app, {"inputs": {"node_1": "survivor"}})
     wait_status(p, ws, run.id, "running")
     with p.db.read() as s:
@@ -166,7 +147,7 @@ def test_stop_hands_runs_in_flight_back_for_the_next_start(tmp_path: Path) -> No
     p = Platform.build(_settings(data, shutdown_grace_seconds=0))
     p.start()
     ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=_delay(1.0), published=True).app.id
+    app = p.apps.create(ws, title="Slow", workflow=delay(1.0), published=True).app.id
     run = p.runs.create(ws, app, {"inputs": {"node_1": "later"}})
     wait_status(p, ws, run.id, "running")
     pids = _worker_pids(p)
