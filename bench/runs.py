@@ -317,14 +317,17 @@ def two_thread_floor(uris: list[str], size: int) -> float:
     return time.perf_counter() - t0
 
 
-def _small_batch(b: Bench, cfg: Config, src: int, dst: int, n: int) -> dict[str, float]:
+def _small_batch(
+    b: Bench, cfg: Config, src: int, dst: int, n: int, offset: int = 0
+) -> dict[str, float]:
     """Time ``n`` runs of a resize app on distinct ``src`` px images to ``dst`` px, queued
-    at once, beside the plain loop (run before and after them) and two threads sharing it."""
+    at once, beside the plain loop (run before and after them) and two threads sharing it.
+    ``offset`` picks other images (a repeated trial computes nothing twice)."""
     base = astronaut(src)
-    uris = [data_uri(png(variant(base, i))) for i in range(n)]
+    uris = [data_uri(png(variant(base, offset + i))) for i in range(n)]
     floor_a = small_image_floor(uris, dst)
     app = b.app(f"Small resize {src}", workflows.resize(dst, dst))
-    b.run(app, {"node_1": data_uri(png(variant(base, n + 1)))})  # warm-up
+    b.run(app, {"node_1": data_uri(png(variant(base, offset + n + 1)))})  # warm-up
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     # Through RunService.start, the path the API's POST takes: the runs that arrive while
@@ -370,7 +373,11 @@ def row_small_runs(cfg: Config) -> Row:
     # Two worker processes of one worker each (``worker.processes``), beside the API's.
     b = Bench(cfg.workdir, "processes", concurrency=1, processes=2)
     try:
-        t = _small_batch(b, cfg, src, dst, n)
+        # Three trials, each beside its own plain loops; the median trial counts.  On a
+        # machine whose second core is shared with other tenants, one trial swings by
+        # +-10 %, since Flowy's two workers need that core and the one-thread loop does not.
+        trials = [_small_batch(b, cfg, src, dst, n, offset=k * (n + 2)) for k in range(cfg.n(3, 1))]
+        t = sorted(trials, key=lambda x: x["ratio"])[len(trials) // 2]
         # The same at twice the size, for scale: a run's own cost is fixed, its work is not.
         n2 = cfg.n(300, 10)
         t2 = _small_batch(b, cfg, 2 * src, 2 * dst, n2)
@@ -388,6 +395,8 @@ def row_small_runs(cfg: Config) -> Row:
         "workers": "2 worker processes of 1 worker each (worker.processes=2, concurrency=1)",
         "image": f"{src}x{src} PNG data: URI, distinct per run -> Lanczos {dst}x{dst} -> PNG",
         "submitted_through": "RunService.start (the API's group commit)",
+        "trials": len(trials),
+        "ratio_of_each_trial": [round(x["ratio"], 3) for x in trials],
         "flowy_seconds": round(t["flowy_seconds"], 3),
         "flowy_submit_seconds": round(t["submit_seconds"], 3),
         "floor_seconds": [round(t["floor_a"], 3), round(t["floor_b"], 3)],
