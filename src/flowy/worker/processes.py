@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from flowy.db.session import Database
@@ -253,6 +254,9 @@ def worker_main(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C reaches the whole process group: the server stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What top and ps -e show for it (Linux; 15 characters at most).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text("flowy-" + owner.rsplit("/", 1)[-1])
     # The whole process yields to the server's API, as the threads would within it.
     nice = settings.worker.nice
     if nice:
