@@ -187,3 +187,29 @@ def test_a_run_past_its_deadline_when_its_worker_gets_it_fails_unstarted(
         assert "node.started" not in events(p, run.id)
     finally:
         p.stop()
+
+
+def test_a_cancel_that_comes_between_the_claim_and_the_run_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    """The claim committed (the API sees the run running, and asks to cancel it) before
+    this worker made the run's cancel token: the run still ends canceled at once, not at
+    the next heartbeat."""
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+    p = Platform.build(settings)
+    p.start()
+    try:
+        p.workers.stop()  # this test plays the worker
+        ws = create_workspace(p.db, "test")
+        app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
+        run = p.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
+        with p.db.write() as s:
+            claimed = claim(s, run.id, p.workers.owner, timedelta(seconds=90))
+        p.workers.processor.cancel(run.id, "canceled by request")
+        p.workers.processor.run_claimed(claimed)
+        ended = p.runs.get(ws, run.id)
+        assert ended.status == "canceled"
+        assert ended.error == "canceled by request"
+        assert not p.workers.processor.active
+    finally:
+        p.stop()

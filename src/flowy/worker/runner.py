@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +42,8 @@ PROGRESS_INTERVAL = 0.5
 MAX_LOGS = 1000
 #: Node changes closer together than this are written in one transaction.
 FLUSH_INTERVAL = 0.05
+#: Cancels remembered for runs this worker does not hold (yet): see RunProcessor.cancel.
+MAX_EARLY_CANCELS = 1024
 #: The error of a run that failed by an error of Flowy's own.
 INTERNAL_ERROR = "internal error while running; see the server log"
 
@@ -321,6 +324,10 @@ class RunProcessor:
         self.executor = executor
         self.owner = owner
         self.active: dict[str, CancelToken] = {}
+        # Cancels of runs not (yet) in ``active``, newest last: one that arrives between a
+        # claim's commit and the token's making must not wait for the next heartbeat.
+        # Bounded: a worker process hears the cancels of every run, most of them not its.
+        self._early_cancels: OrderedDict[str, str] = OrderedDict()
         # Inputs of runs adopted with them (handed over at creation), by run id.
         self._inputs: dict[str, dict[str, object]] = {}
         self._lock = threading.Lock()
@@ -360,7 +367,7 @@ class RunProcessor:
         reaches it meanwhile.  ``inputs``: the run's inputs as stored, if the caller has
         them (then they are not read back)."""
         with self._lock:
-            self.active.setdefault(claimed.id, CancelToken())
+            self._token(claimed.id)
             if inputs is not None:
                 self._inputs[claimed.id] = inputs
 
@@ -376,7 +383,7 @@ class RunProcessor:
             return dict(doc)
 
         with self._lock:
-            token = self.active.setdefault(run.id, CancelToken())
+            token = self._token(run.id)
         if run.cancel_requested_at is not None:
             token.cancel(CANCELED_BY_REQUEST)
         kept = False
@@ -523,10 +530,26 @@ class RunProcessor:
                 outputs.append({"nodeId": out.node_id, "kind": out.output_type, "value": value})
         return outputs, assets
 
+    def _token(self, run_id: str) -> CancelToken:
+        """The run's cancel token, made on first use (lock held), canceled already if a
+        cancel came first."""
+        token = self.active.get(run_id)
+        if token is None:
+            token = self.active[run_id] = CancelToken()
+            reason = self._early_cancels.pop(run_id, None)
+            if reason is not None:
+                token.cancel(reason)
+        return token
+
     def cancel(self, run_id: str, reason: str) -> None:
-        """Stop a run in flight on this worker, if it is here."""
+        """Stop a run in flight on this worker, if it is here (or, if it is about to be,
+        as soon as it is)."""
         with self._lock:
             token = self.active.get(run_id)
+            if token is None:
+                self._early_cancels[run_id] = reason
+                while len(self._early_cancels) > MAX_EARLY_CANCELS:
+                    self._early_cancels.popitem(last=False)
         if token is not None:
             token.cancel(reason)
 
