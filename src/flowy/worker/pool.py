@@ -35,7 +35,7 @@ from flowy.services.idempotency import IdempotencyStore
 from flowy.services.secrets import SecretService
 from flowy.services.states import RunStatus, claim, requeue_expired
 from flowy.settings import Settings
-from flowy.worker.runner import NextRun, RunEnd, RunProcessor, read_inputs
+from flowy.worker.runner import NextRun, RunEnd, RunProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class _Successor(NextRun):
     def __init__(self, pool: LocalWorkerPool) -> None:
         self.pool = pool
         self._taken: list[str] = []
-        self._claimed: dict[str, tuple[Row[Any], dict[str, object]]] = {}
+        self._claimed: dict[str, Row[Any]] = {}
         self._next: deque[Row[Any]] = deque()
         self._kept: list[RunEnd] = []
         self._writing: list[RunEnd] = []
@@ -115,8 +115,7 @@ class _Successor(NextRun):
         for run_id in self._taken:
             row = self.pool.claim(s, run_id)
             if row is not None:
-                # Their inputs too, in this transaction: cheaper than a read of its own.
-                self._claimed[run_id] = (row, read_inputs(s, run_id))
+                self._claimed[run_id] = row
 
     def committed(self) -> None:
         for end in self._writing:
@@ -127,8 +126,8 @@ class _Successor(NextRun):
         for run_id in reversed(taken):  # back to the head of the queue, in their order
             if run_id not in claimed:
                 self.pool._requeue(run_id)
-        for row, inputs in claimed.values():
-            self.pool.processor.adopt(row, inputs)
+        for row in claimed.values():
+            self.pool.processor.adopt(row)
             self._next.append(row)
 
     def rolled_back(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from flowy.db.models import AppVersion, Asset, Run, utcnow
@@ -295,12 +295,6 @@ class RunEnd:
             logger.warning("run %s: lease lost before finishing; result dropped", self.run.id)
 
 
-def read_inputs(bind: Session | Engine, run_id: str) -> dict[str, object]:
-    """A run's inputs as stored at its creation (in a table of their own: they can be
-    large), in ``bind``'s transaction (the claim's, usually), or alone on an Engine."""
-    return dict(READ_INPUTS.execute(bind, {"p_run_id": run_id}).scalar() or {})
-
-
 class RunProcessor:
     """Executes runs for one worker identity (``owner``)."""
 
@@ -357,8 +351,6 @@ class RunProcessor:
                 if limit and row is not None and row.status == RunStatus.QUEUED:
                     return "deferred:" + str(row.workspace_id)
                 return None
-            inputs = read_inputs(s, run_id)
-        self.adopt(claimed, inputs)
         return self.run_claimed(claimed, next_run)
 
     def adopt(self, claimed: Row[Any], inputs: dict[str, object] | None = None) -> None:
@@ -427,8 +419,10 @@ class RunProcessor:
             deadline = time.monotonic() + left
         with self._lock:
             inputs = self._inputs.pop(run.id, None)
-        if inputs is None:  # not adopted with them: read outside any transaction
-            inputs = read_inputs(self.db.read_engine, run.id)
+        if inputs is None:
+            # Written once with the run, in a table of their own: read outside any
+            # transaction.
+            inputs = READ_INPUTS.execute(self.db.read_engine, {"p_run_id": run.id}).scalar()
         request = RunRequest(
             run.id,
             inputs or {},
