@@ -98,6 +98,7 @@ class ProcessWorkerPool(Housekeeper):
         self._queue: deque[str] = deque()
         self._workers: list[_Worker | None] = [None] * settings.worker.processes
         self._room = settings.worker.concurrency + PREFETCH
+        self._started = 0  # worker processes started so far
 
     # ------------------------------------------------------------------ the queue
 
@@ -131,8 +132,8 @@ class ProcessWorkerPool(Housekeeper):
     # ------------------------------------------------------------------ processes
 
     def start(self) -> None:
-        """Recover what a previous process left, start the worker processes (waiting
-        until each is ready), then housekeeping."""
+        """Start the worker processes (waiting until each is ready), then recover what a
+        previous server left (its queued runs go to them) and start housekeeping."""
         for slot in range(len(self._workers)):
             self._start_worker(slot)
         for worker in self._workers:
@@ -143,10 +144,19 @@ class ProcessWorkerPool(Housekeeper):
 
     def _start_worker(self, slot: int) -> _Worker:
         ours, theirs = self._context.Pipe()
-        owner = f"{self.owner}/w{slot}"
+        # Its own lease owner, unlike the process it replaces: fencing tells them apart.
+        self._started += 1
+        owner = f"{self.owner}/w{slot}.{self._started}"
         process = self._context.Process(
             target=worker_main,
-            args=(self.settings, self.registry_factory, owner, theirs, logging.root.level),
+            args=(
+                self.settings,
+                self.registry_factory,
+                owner,
+                f"flowy-w{slot}",
+                theirs,
+                logging.root.level,
+            ),
             name=f"flowy-worker-process-{slot}",
             daemon=True,
         )
@@ -200,6 +210,9 @@ class ProcessWorkerPool(Housekeeper):
         if self._stop.is_set():
             return  # stop() joins it (two threads must not wait for one process)
         worker.process.join(timeout=5)
+        if worker.process.is_alive():  # its pipe broke, yet it lives: make sure
+            worker.process.kill()
+            worker.process.join(timeout=5)
         logger.error(
             "worker process %d (pid %s) died, exit code %s: its runs are recovered",
             worker.slot,
@@ -242,10 +255,12 @@ def worker_main(
     settings: Settings,
     registry_factory: Callable[[], NodeRegistry],
     owner: str,
+    name: str,
     conn: Connection,
     log_level: int,
 ) -> None:
-    """A worker process: a LocalWorkerPool of its own that runs what the server sends."""
+    """A worker process: a LocalWorkerPool of its own that runs what the server sends.
+    ``owner`` names its leases; ``name`` is what ``top`` and ``ps -e`` show for it."""
     # Imported here: the platform module imports this one.
     from flowy.services.apps import WorkflowCache
     from flowy.services.platform import result_cache, worker_services, write_lock_path
@@ -254,9 +269,8 @@ def worker_main(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C reaches the whole process group: the server stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # What top and ps -e show for it (Linux; 15 characters at most).
-    with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_text("flowy-" + owner.rsplit("/", 1)[-1])
+    with contextlib.suppress(OSError):  # Linux; 15 characters at most
+        Path("/proc/self/comm").write_text(name[:15])
     # The whole process yields to the server's API, as the threads would within it.
     nice = settings.worker.nice
     if nice:
