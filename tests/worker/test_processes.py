@@ -99,15 +99,21 @@ def test_runs_execute_in_the_worker_processes(platform: Platform) -> None:
     assert len(_worker_pids(p)) == 2
 
 
+def _slow_run(p: Platform, seconds: float, text: str) -> tuple[str, str, str]:
+    """A run of a ``seconds``-long app, once a worker runs it: (workspace, app, run)."""
+    ws = create_workspace(p.db, "procs")
+    app = p.apps.create(ws, title="Slow", workflow=delay(seconds), published=True).app.id
+    run = p.runs.create(ws, app, {"inputs": {"node_1": text}})
+    wait_status(p, ws, run.id, "running")
+    return ws, app, run.id
+
+
 def test_a_cancel_reaches_a_run_in_a_worker_process(platform: Platform) -> None:
     p = platform
-    ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=delay(30), published=True).app.id
-    run = p.runs.create(ws, app, {"inputs": {"node_1": "x"}})
-    wait_status(p, ws, run.id, "running")
+    ws, _, run_id = _slow_run(p, 30, "x")
     t0 = time.monotonic()
-    p.runs.cancel(ws, run.id)
-    ended = _wait_ended(p, ws, run.id, timeout=10)
+    p.runs.cancel(ws, run_id)
+    ended = _wait_ended(p, ws, run_id, timeout=10)
     assert ended.status == "canceled"
     # Well before the worker's next heartbeat (15 s) would have seen the request.
     assert time.monotonic() - t0 < 10
@@ -115,16 +121,13 @@ def test_a_cancel_reaches_a_run_in_a_worker_process(platform: Platform) -> None:
 
 def test_a_killed_worker_process_loses_no_run(platform: Platform) -> None:
     p = platform
-    ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=delay(1.0), published=True).app.id
-    run = p.runs.create(ws, app, {"inputs": {"node_1": "survivor"}})
-    wait_status(p, ws, run.id, "running")
+    ws, app, run_id = _slow_run(p, 1.0, "survivor")
     with p.db.read() as s:
-        owner = s.scalar(select(Run.lease_owner).where(Run.id == run.id))
+        owner = s.scalar(select(Run.lease_owner).where(Run.id == run_id))
     pool = _pool(p)
     victim = next(w for w in pool._workers if w is not None and w.owner == owner)
     os.kill(victim.process.pid or 0, signal.SIGKILL)
-    ended = _wait_ended(p, ws, run.id)
+    ended = _wait_ended(p, ws, run_id)
     assert ended.status == "completed", ended.error
     assert ended.outputs[0]["value"] == "survivor"
     assert ended.attempt == 2  # the killed process spent one attempt
@@ -142,10 +145,7 @@ def test_stop_hands_runs_in_flight_back_for_the_next_start(tmp_path: Path) -> No
     data = tmp_path / "data"
     p = Platform.build(_settings(data, shutdown_grace_seconds=0))
     p.start()
-    ws = create_workspace(p.db, "procs")
-    app = p.apps.create(ws, title="Slow", workflow=delay(1.0), published=True).app.id
-    run = p.runs.create(ws, app, {"inputs": {"node_1": "later"}})
-    wait_status(p, ws, run.id, "running")
+    ws, _, run_id = _slow_run(p, 1.0, "later")
     pids = _worker_pids(p)
     p.stop()
     for pid in pids:
@@ -153,7 +153,7 @@ def test_stop_hands_runs_in_flight_back_for_the_next_start(tmp_path: Path) -> No
     again = Platform.build(_settings(data))
     again.start()
     try:
-        ended = _wait_ended(again, ws, run.id)
+        ended = _wait_ended(again, ws, run_id)
         assert ended.status == "completed"
         assert ended.outputs[0]["value"] == "later"
         assert ended.attempt == 1  # the hand-back spent no attempt

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -165,51 +166,48 @@ def test_the_next_run_survives_a_lost_lease_of_the_one_before(platform: Platform
     assert platform.runs.get(ws, first).status == "running"  # the other worker's now
 
 
-def test_a_run_past_its_deadline_when_its_worker_gets_it_fails_unstarted(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def played(tmp_path: Path) -> Iterator[tuple[Platform, str, Any]]:
+    """A platform whose workers are stopped, with an echo run that this test claimed as
+    its worker would: (platform, workspace, the claim's row)."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
     p = Platform.build(settings)
     p.start()
     try:
-        p.workers.stop()  # this test plays the worker
+        p.workers.stop()  # the test plays the worker
         ws = create_workspace(p.db, "test")
         app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
         run = p.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
         with p.db.write() as s:
             claimed = claim(s, run.id, p.workers.owner, timedelta(seconds=90))
-        late = claimed._replace(deadline_at=datetime.now(UTC) - timedelta(seconds=1))
-        p.workers.processor.run_claimed(late)
-        ended = p.runs.get(ws, run.id)
-        assert ended.status == "failed"
-        assert ended.error == "the run passed its time limit before it started"
-        assert events(p, run.id)[-1] == "run.failed"
-        assert "node.started" not in events(p, run.id)
+        yield p, ws, claimed
     finally:
         p.stop()
 
 
+def test_a_run_past_its_deadline_when_its_worker_gets_it_fails_unstarted(
+    played: tuple[Platform, str, Any],
+) -> None:
+    p, ws, claimed = played
+    late = claimed._replace(deadline_at=datetime.now(UTC) - timedelta(seconds=1))
+    p.workers.processor.run_claimed(late)
+    ended = p.runs.get(ws, claimed.id)
+    assert ended.status == "failed"
+    assert ended.error == "the run passed its time limit before it started"
+    assert events(p, claimed.id)[-1] == "run.failed"
+    assert "node.started" not in events(p, claimed.id)
+
+
 def test_a_cancel_that_comes_between_the_claim_and_the_run_is_not_lost(
-    tmp_path: Path,
+    played: tuple[Platform, str, Any],
 ) -> None:
     """The claim committed (the API sees the run running, and asks to cancel it) before
     this worker made the run's cancel token: the run still ends canceled at once, not at
     the next heartbeat."""
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
-    p = Platform.build(settings)
-    p.start()
-    try:
-        p.workers.stop()  # this test plays the worker
-        ws = create_workspace(p.db, "test")
-        app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
-        run = p.runs.create(ws, app, {"inputs": {"node_1": "hi"}})
-        with p.db.write() as s:
-            claimed = claim(s, run.id, p.workers.owner, timedelta(seconds=90))
-        p.workers.processor.cancel(run.id, "canceled by request")
-        p.workers.processor.run_claimed(claimed)
-        ended = p.runs.get(ws, run.id)
-        assert ended.status == "canceled"
-        assert ended.error == "canceled by request"
-        assert not p.workers.processor.active
-    finally:
-        p.stop()
+    p, ws, claimed = played
+    p.workers.processor.cancel(claimed.id, "canceled by request")
+    p.workers.processor.run_claimed(claimed)
+    ended = p.runs.get(ws, claimed.id)
+    assert ended.status == "canceled"
+    assert ended.error == "canceled by request"
+    assert not p.workers.processor.active
