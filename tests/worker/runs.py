@@ -1,5 +1,4 @@
-"""What the worker tests share: a slow workflow, and what they read of runs (their event
-types, waiting for a status)."""
+"""What the worker tests read of runs: their event types, and waiting for a status."""
 
 from __future__ import annotations
 
@@ -24,23 +23,3 @@ def wait_status(p: Platform, ws: str, run_id: str, status: str) -> None:
     while (now := p.runs.get(ws, run_id).status) != status:
         assert time.monotonic() < deadline, f"run {run_id} is {now}, not {status}"
         time.sleep(0.01)
-
-
-def delay(seconds: float) -> dict[str, object]:
-    """text in -> util.delay(seconds) -> text out: a run that stays running a while."""
-    return {
-        "nodes": [
-            {"id": "node_1", "type": "input.text", "params": {"required": True}},
-            {
-                "id": "node_2",
-                "type": "util.delay",
-                "params": {"seconds": seconds},
-                "inputs": {"value": {"node": "node_1", "port": "text"}},
-            },
-            {
-                "id": "node_3",
-                "type": "output.text",
-                "inputs": {"text": {"node": "node_2", "port": "value"}},
-            },
-        ]
-    }

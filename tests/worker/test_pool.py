@@ -19,7 +19,7 @@ from flowy.services.states import TERMINAL
 from flowy.settings import Settings
 from flowy.storage.cache import DiskResultCache
 from flowy.worker import runner
-from tests.worker.runs import delay
+from tests.workflows import delay
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from flowy.services.webhooks import DELIVERIES_QUEUED
 from flowy.settings import Settings
 from flowy.worker.processes import ProcessWorkerPool
 from tests.flowy_process import FlowyProcess
-from tests.worker.runs import delay, events, wait_status
+from tests.worker.runs import events, wait_status
+from tests.workflows import delay
 
 ECHO = {
     "nodes": [

@@ -12,6 +12,7 @@ from typing import IO
 
 from flowy.db.migrate import upgrade
 from flowy.db.session import Database
+from flowy.engine.cache import ResultCache
 from flowy.engine.registry import NodeRegistry, default_registry
 from flowy.errors import FlowyError
 from flowy.services.apps import AppService, WorkflowCache
@@ -162,7 +163,7 @@ class Platform:
             self._lock_file.close()
             self._lock_file = None
 
-    def _cache(self) -> object:
+    def _cache(self) -> ResultCache | None:
         """The result cache of this process's workers (none with worker processes)."""
         return self.workers.processor.cache if isinstance(self.workers, LocalWorkerPool) else None
 
