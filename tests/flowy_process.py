@@ -34,6 +34,7 @@ class FlowyProcess:
     proc: subprocess.Popen[str] | None = None
     key: str | None = None
     output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def base(self) -> str:
@@ -58,7 +59,7 @@ class FlowyProcess:
             text=True,
             env=env,
         )
-        reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        reader = self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,6 +106,11 @@ class FlowyProcess:
         self._close()
 
     def _close(self) -> None:
+        # The output ends when every process that holds it has: with worker processes,
+        # they outlive a killed server by a moment, still writing.
+        if self._reader is not None:
+            self._reader.join(timeout=20)
+            self._reader = None
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
 
