@@ -19,6 +19,7 @@ from flowy.services.states import TERMINAL
 from flowy.settings import Settings
 from flowy.storage.cache import DiskResultCache
 from flowy.worker import runner
+from flowy.worker.pool import LocalWorkerPool
 from tests.workflows import delay
 
 
@@ -133,6 +134,46 @@ def test_with_no_worker_waiting_a_run_is_queued_then_claimed(
     with platform.db.read() as s:
         row = s.get(Run, second.id)
         assert row is not None and [o["value"] for o in row.outputs] == ["two"]
+
+
+def test_a_worker_handed_a_run_is_busy_before_it_wakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the hand of a run and the moment its worker wakes to take it, that worker
+    still counts as waiting; a second new run must not be claimed for it too."""
+    woken, go = threading.Event(), threading.Event()
+
+    def late_take(self: LocalWorkerPool) -> Any:
+        # The real _take, with the interval a woken thread may wait for the GIL made long.
+        with self._ready:
+            self._waiting += 1
+            while not self._queue:
+                self._ready.wait()
+        woken.set()
+        go.wait(10)
+        with self._ready:
+            self._waiting -= 1
+            return self._queue.popleft()
+
+    monkeypatch.setattr(LocalWorkerPool, "_take", late_take)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", worker={"concurrency": 1})
+    p = Platform.build(settings)
+    p.start()
+    try:
+        ws = create_workspace(p.db, "late")
+        app = p.apps.create(ws, title="Wait", workflow=delay(0.05), published=True).app.id
+        _wait_for_waiting_worker(p)
+        queued = _record_enqueues(p)
+        first = p.runs.create(ws, app, {"inputs": {"node_1": "one"}})
+        assert woken.wait(10)
+        second = p.runs.create(ws, app, {"inputs": {"node_1": "two"}})
+        go.set()
+        assert queued == [second.id]
+        assert _wait_ended(p, first.id) == "completed"
+        assert _wait_ended(p, second.id) == "completed"
+    finally:
+        go.set()
+        p.stop()
 
 
 def test_a_run_handed_to_a_worker_can_be_canceled(platform: Platform) -> None:

@@ -355,7 +355,9 @@ class LocalWorkerPool(Housekeeper):
 
     def reserve(self) -> bool:
         with self._ready:
-            if self._stop.is_set() or self._waiting - self._held <= 0:
+            # A waiting worker is free unless held for a run being created, or already
+            # handed a run it has not woken to take yet (each queued item is one's).
+            if self._stop.is_set() or self._waiting - self._held - len(self._queue) <= 0:
                 return False
             self._held += 1
             return True
