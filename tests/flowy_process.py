@@ -26,10 +26,12 @@ def free_port() -> int:
 
 @dataclass
 class FlowyProcess:
-    """``flowy serve`` in a subprocess, with its data directory and log."""
+    """``flowy serve`` (or, with ``command="worker"``, ``flowy worker``) in a subprocess,
+    with its data directory and log."""
 
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    command: str = "serve"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     key: str | None = None
@@ -52,8 +54,9 @@ class FlowyProcess:
             **self.env,
         }
         self.output = []
+        args = ["serve", "--port", str(self.port)] if self.command == "serve" else [self.command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowy.cli.main", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "flowy.cli.main", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -67,21 +70,26 @@ class FlowyProcess:
                 self.proc.wait()
                 time.sleep(0.2)  # let the reader drain the last lines
                 self._close()
-                raise RuntimeError("flowy serve exited:\n" + "".join(self.output))
-            try:
-                if requests.get(f"{self.api}/health", timeout=1).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
+                raise RuntimeError(f"flowy {self.command} exited:\n" + "".join(self.output))
+            if self._ready():
+                break
             time.sleep(0.1)
         else:
             self.kill()
-            raise RuntimeError("flowy serve did not answer:\n" + "".join(self.output))
+            raise RuntimeError(f"flowy {self.command} did not start:\n" + "".join(self.output))
         for line in self.output:
             m = re.match(r"export FLOWY_KEY=(\S+)", line)
             if m:
                 self.key = m.group(1)
         return self
+
+    def _ready(self) -> bool:
+        if self.command == "worker":  # Celery's line once it consumes
+            return any(re.search(r"@\S+ ready\.", line) for line in self.output)
+        try:
+            return requests.get(f"{self.api}/health", timeout=1).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None

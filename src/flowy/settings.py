@@ -8,11 +8,14 @@ in ``create_app()`` or the CLI and pass it down; nothing reads the environment a
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flowy.errors import FlowyError
 
 
 class ServerSettings(BaseModel):
@@ -62,6 +65,15 @@ class WorkerSettings(BaseModel):
         ge=0,
         description="On shutdown, how long runs in flight may finish before "
         "they are handed back to the queue for the next start.",
+    )
+    queue: str = Field(
+        "flowy",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Scaled mode: the name of the broker's queue of runs, and the prefix of "
+        "the Redis channels of events and cancels.  The servers and workers of one Flowy "
+        "share it; two Flowys on one broker each need their own.",
     )
 
 
@@ -156,6 +168,16 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; defaults to a SQLite file in data_dir."
     )
+    broker_url: str | None = Field(
+        None,
+        description="Scaled mode: the Celery broker (redis://… or amqp://…).  When set, "
+        "`flowy serve` only answers the API and `flowy worker` processes run the runs.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Scaled mode: the Redis that carries live events and cancels between "
+        "processes; defaults to the broker when that is Redis.",
+    )
     secret_key: str | None = Field(
         None,
         description="Signs file URLs. When unset, a random key is made once and kept in "
@@ -181,6 +203,22 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'flowy.db').resolve()}"
 
     @property
+    def scaled(self) -> bool:
+        """Scaled mode: runs go through a broker to `flowy worker` processes."""
+        return bool(self.broker_url)
+
+    @property
+    def events_url(self) -> str:
+        """The Redis of scaled mode's events and cancels."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        raise FlowyError(
+            "scaled mode needs Redis for live events: set FLOWY_REDIS_URL (the broker is not Redis)"
+        )
+
+    @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
@@ -203,9 +241,18 @@ class Settings(BaseSettings):
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
         if not path.exists():
+            # Made beside it and linked into place: of processes that start together on
+            # one data directory (scaled mode's servers and workers), one key wins.
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+            tmp = path.with_name(f".secret.key.{secrets.token_hex(8)}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return path.read_text().strip().encode()
 
 

@@ -7,7 +7,6 @@ is skipped, saying why, where no server answers (a laptop with nothing installed
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,37 +14,22 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine
 
 from flowy.db.migrate import upgrade
 from flowy.db.models import Base
-from flowy.ids import new_id
 from flowy.services.events import read_events
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
 from flowy.settings import Settings
+from tests.backing import scratch_postgres
 from tests.workflows import ECHO
-
-psycopg = pytest.importorskip("psycopg")
-
-SERVER = os.environ.get("FLOWY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    """A scratch database on the server, dropped afterwards; its SQLAlchemy URL."""
-    try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
-    name = f"flowy_test_{new_id()}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(SERVER).set(drivername="postgresql+psycopg", database=name)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_postgres() as url:
+        yield url
 
 
 def test_migrations_build_the_models_schema_on_postgres(pg_url: str) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from flowy.cli import remote
+from flowy.errors import FlowyError
 from flowy.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -55,7 +56,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Start Flowy in embedded mode: API, SQLite, local files and in-process workers."""
+    """Start Flowy: in embedded mode the API, SQLite, local files and in-process workers;
+    with FLOWY_BROKER_URL set (scaled out), the API alone."""
     import uvicorn
 
     from flowy.api.app import create_app
@@ -68,10 +70,21 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    platform = Platform.build(settings)
+    try:
+        platform = Platform.build(settings)
+    except FlowyError as exc:
+        _fail(exc.message)
     upgrade(settings.sqlalchemy_url)
     api = f"{settings.base_url}/v1"
-    typer.echo(f"Flowy (embedded) on {settings.base_url}, data in {settings.data_dir.resolve()}")
+    if settings.scaled:
+        typer.echo(
+            f"Flowy (scaled out: the API; `flowy worker` runs the runs) on {settings.base_url}, "
+            f"queue {settings.worker.queue!r}, files in {settings.data_dir.resolve()}"
+        )
+    else:
+        typer.echo(
+            f"Flowy (embedded) on {settings.base_url}, data in {settings.data_dir.resolve()}"
+        )
     if settings.bootstrap:
         boot = bootstrap(platform.db, platform.apps)
         if boot.api_key:
@@ -91,6 +104,38 @@ def serve(
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Runs at once (FLOWY_WORKER__CONCURRENCY).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Scaled mode: run the runs that the servers queue on FLOWY_BROKER_URL, in the
+    database FLOWY_DATABASE_URL.  Start as many as the work needs; Ctrl-C or SIGTERM
+    stops one after its runs in flight (or the shutdown grace period)."""
+    from flowy.engine.registry import default_registry
+    from flowy.worker.broker import run_worker
+
+    settings = _settings(data_dir)
+    if concurrency is not None:
+        settings.worker.concurrency = concurrency
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not settings.scaled:
+        _fail(
+            "flowy worker is for scaled mode: set FLOWY_BROKER_URL (and FLOWY_DATABASE_URL); "
+            "in embedded mode `flowy serve` runs the runs itself"
+        )
+    try:
+        code = run_worker(settings, default_registry())
+    except FlowyError as exc:
+        _fail(exc.message)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -150,10 +195,22 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     from flowy.errors import NotFound
     from flowy.services.keys import revoke_key
 
+    settings = _settings(data_dir)
+    db = _db(data_dir)
+    relay = None
+    if settings.scaled:  # every server forgets the key at once, not after its cache's TTL
+        from flowy.services.relay import RedisRelay
+
+        relay = RedisRelay(settings.events_url, settings.worker.queue, db)
+        relay.attach()
+        relay.start()
     try:
-        info = revoke_key(_db(data_dir), key_id)
+        info = revoke_key(db, key_id)
     except NotFound as exc:
         _fail(exc.message)
+    finally:
+        if relay is not None:
+            relay.stop()  # after the news is sent
     typer.echo(f"revoked key {info.id} ({info.name})")
 
 

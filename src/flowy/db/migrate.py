@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -17,6 +18,23 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+#: The PostgreSQL advisory lock held while migrating: the servers and workers of scaled
+#: mode may start together, and one migrates while the others wait.
+MIGRATION_LOCK = 0x466C6F7779  # "Flowy"
+
+
 def upgrade(url: str) -> None:
     """Bring the database at ``url`` to the newest schema."""
-    command.upgrade(alembic_config(url), "head")
+    if not url.startswith("postgresql"):
+        command.upgrade(alembic_config(url), "head")
+        return
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(url), "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+    finally:
+        engine.dispose()

@@ -27,6 +27,7 @@ from flowy.settings import Settings
 from flowy.storage.cache import DiskResultCache
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
+from flowy.worker.broker import BrokerQueue
 from flowy.worker.pool import LocalWorkerPool
 from flowy.worker.processes import ProcessWorkerPool
 from flowy.worker.webhooks import WebhookDispatcher
@@ -74,7 +75,7 @@ class Platform:
     apps: AppService
     runs: RunService
     secrets: SecretService
-    workers: LocalWorkerPool | ProcessWorkerPool
+    workers: LocalWorkerPool | ProcessWorkerPool | BrokerQueue
     bus: EventBus
     limiter: RateLimiter
     idempotency: IdempotencyStore
@@ -92,9 +93,15 @@ class Platform:
     ) -> Platform:
         """The parts, unstarted.  ``registry_factory`` makes the node catalog (unless
         ``registry`` is given); worker processes call it to make theirs, so it must be a
-        module-level function when ``worker.processes`` is set."""
+        module-level function when ``worker.processes`` is set.  With a broker
+        (scaled mode) this process only answers the API: ``flowy worker`` runs the runs."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        processes = settings.worker.processes
+        if settings.scaled and settings.sqlalchemy_url.startswith("sqlite"):
+            raise FlowyError(
+                "scaled mode (FLOWY_BROKER_URL) needs a database that every server and "
+                "worker shares: set FLOWY_DATABASE_URL to PostgreSQL"
+            )
+        processes = 0 if settings.scaled else settings.worker.processes
         db = Database(
             settings.sqlalchemy_url,
             background_checkpoints=True,
@@ -104,8 +111,10 @@ class Platform:
         workflows = WorkflowCache(registry)
         files, secrets = worker_services(settings, db)
         apps = AppService(db, workflows)
-        workers: LocalWorkerPool | ProcessWorkerPool
-        if processes:
+        workers: LocalWorkerPool | ProcessWorkerPool | BrokerQueue
+        if settings.scaled:
+            workers = BrokerQueue(settings, db, files)
+        elif processes:
             workers = ProcessWorkerPool(settings, db, files, registry_factory)
         else:
             cache = result_cache(settings)
@@ -141,8 +150,10 @@ class Platform:
         )
 
     def start(self) -> None:
-        """Migrate the schema, take the data directory, start the in-process workers."""
-        self._lock_data_dir()
+        """Migrate the schema, take the data directory (embedded mode), start the
+        in-process workers (or, scaled out, the broker queue)."""
+        if not self.settings.scaled:
+            self._lock_data_dir()
         cache = self._cache()
         if isinstance(cache, DiskResultCache):
             cache.exclusive = True  # its directory is the data directory's, now ours alone

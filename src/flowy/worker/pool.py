@@ -309,6 +309,28 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
 
 
+def make_processor(
+    settings: Settings,
+    db: Database,
+    workflows: WorkflowCache,
+    files: FileService,
+    secrets: SecretService,
+    cache: ResultCache | None,
+    owner: str,
+) -> tuple[ThreadPoolExecutor, RunProcessor]:
+    """The run processor of ``worker.concurrency`` workers named ``owner``, and the
+    threads that run their nodes."""
+    w = settings.worker
+    node_pool = ThreadPoolExecutor(
+        max_workers=w.concurrency * w.node_concurrency,
+        thread_name_prefix="flowy-node",
+        initializer=lower_priority,
+        initargs=(w.nice,),
+    )
+    executor = WorkflowExecutor(node_pool, concurrency=w.node_concurrency)
+    return node_pool, RunProcessor(settings, db, workflows, files, executor, owner, secrets, cache)
+
+
 class LocalWorkerPool(Housekeeper):
     """Runs queued runs on threads of this process.  ``owner`` names its leases (one of
     its own by default)."""
@@ -324,17 +346,9 @@ class LocalWorkerPool(Housekeeper):
         owner: str | None = None,
     ) -> None:
         super().__init__(settings, db, files)
-        w = settings.worker
         self.owner = owner or new_owner()
-        self._node_pool = ThreadPoolExecutor(
-            max_workers=w.concurrency * w.node_concurrency,
-            thread_name_prefix="flowy-node",
-            initializer=lower_priority,
-            initargs=(w.nice,),
-        )
-        executor = WorkflowExecutor(self._node_pool, concurrency=w.node_concurrency)
-        self.processor = RunProcessor(
-            settings, db, workflows, files, executor, self.owner, secrets, cache
+        self._node_pool, self.processor = make_processor(
+            settings, db, workflows, files, secrets, cache, self.owner
         )
         # Run ids to claim, and runs claimed at creation (:meth:`hand`, served first);
         # None tells a worker to stop.

@@ -116,7 +116,8 @@ class WebhookDispatcher:
     def start(self) -> None:
         if not self.settings.webhooks.dispatch or self._thread is not None:
             return
-        self.recover()
+        if not self.settings.scaled:  # scaled out, other servers' attempts are in flight
+            self.recover()
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.webhooks.concurrency, thread_name_prefix="flowy-webhook"
         )
