@@ -54,3 +54,34 @@ def scratch_queue() -> Iterator[str]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+#: The credentials of the S3-compatible test server (it takes any).
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "flowy-test", "AWS_SECRET_ACCESS_KEY": "flowy-test-secret"}
+
+
+@contextmanager
+def s3_bucket() -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto's) on a free port of 127.0.0.1 with a new
+    bucket; the ``FLOWY_STORAGE_URL`` of that bucket, under a prefix.  The credentials
+    are :data:`S3_CREDENTIALS`, set in this process's environment meanwhile."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        bucket = f"flowy-test-{new_id()}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}/files?endpoint={endpoint}&region=us-east-1"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

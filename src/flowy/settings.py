@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         description="Scaled mode: the Redis that carries live events and cancels between "
         "processes; defaults to the broker when that is Redis.",
     )
+    storage_url: str | None = Field(
+        None,
+        description="Where files live: s3://bucket[/prefix][?endpoint=…&region=…] for an "
+        "S3-compatible bucket (credentials: the usual AWS_* variables); by default the "
+        "data directory.",
+    )
     secret_key: str | None = Field(
         None,
         description="Signs file URLs. When unset, a random key is made once and kept in "

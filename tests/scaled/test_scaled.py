@@ -17,7 +17,7 @@ import redis
 import requests
 from PIL import Image
 
-from tests.backing import REDIS, scratch_postgres, scratch_queue
+from tests.backing import REDIS, S3_CREDENTIALS, s3_bucket, scratch_postgres, scratch_queue
 from tests.flowy_process import FlowyProcess, free_port
 from tests.workflows import ECHO, delay
 
@@ -30,14 +30,20 @@ class Cluster:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     procs: list[FlowyProcess] = field(default_factory=list)
+    #: Each process gets a data directory of its own (files in a bucket), rather than
+    #: all sharing one.
+    apart: bool = False
+
+    def _data_dir(self) -> Path:
+        return self.root / (f"data-{len(self.procs)}" if self.apart else "data")
 
     def server(self, port: int | None = None, **env: str) -> FlowyProcess:
-        p = FlowyProcess(self.root / "data", {**self.env, **env}, port=port or self.port)
+        p = FlowyProcess(self._data_dir(), {**self.env, **env}, port=port or self.port)
         self.procs.append(p)
         return p.start()
 
     def worker(self, **env: str) -> FlowyProcess:
-        p = FlowyProcess(self.root / "data", {**self.env, **env}, command="worker")
+        p = FlowyProcess(self._data_dir(), {**self.env, **env}, command="worker")
         self.procs.append(p)
         return p.start()
 
@@ -52,6 +58,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             "FLOWY_WORKER__QUEUE": queue,
             "FLOWY_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
             "FLOWY_WORKER__CONCURRENCY": "1",
+            "FLOWY_SECRET_KEY": "scaled-test-secret",
         }
         c = Cluster(tmp_path, env, port)
         try:
@@ -82,7 +89,22 @@ def _wait_status(server: FlowyProcess, run_id: str, status: str, timeout: float 
         time.sleep(0.05)
 
 
-def test_the_documented_flow_runs_on_workers(cluster: Cluster, portrait_png: bytes) -> None:
+@pytest.fixture(params=["shared data directory", "S3 bucket"])
+def files(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]:
+    """Where the cluster's files live.  With a bucket nothing on disk is shared: the
+    server and each worker have a data directory of their own."""
+    if request.param == "S3 bucket":
+        with s3_bucket() as url:
+            cluster.env.update(S3_CREDENTIALS, FLOWY_STORAGE_URL=url)
+            cluster.apart = True
+            yield request.param
+    else:
+        yield request.param
+
+
+def test_the_documented_flow_runs_on_workers(
+    cluster: Cluster, files: str, portrait_png: bytes
+) -> None:
     server = cluster.server()
     workers = [cluster.worker(), cluster.worker()]
     # The seed's flow: list the apps, read one, upload a photo, run, poll, download.
@@ -105,6 +127,8 @@ def test_the_documented_flow_runs_on_workers(cluster: Cluster, portrait_png: byt
         assert done["status"] == "completed" and done["outputs"][0]["value"] == f"text {i}"
     ran = [sum(f"run {r} done" in "".join(w.output) for r in [run_id, *ids]) for w in workers]
     assert sum(ran) == 31 and all(ran), ran
+    if files == "S3 bucket":
+        assert not (cluster.root / "data-0" / "files").exists()
 
 
 def test_events_and_cancels_cross_processes(cluster: Cluster) -> None:

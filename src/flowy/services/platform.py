@@ -24,6 +24,7 @@ from flowy.services.runs import RunService
 from flowy.services.secrets import SecretService
 from flowy.services.webhooks import WebhookService
 from flowy.settings import Settings
+from flowy.storage.base import BlobStore
 from flowy.storage.cache import DiskResultCache
 from flowy.storage.local import LocalBlobStore
 from flowy.storage.signing import UrlSigner
@@ -40,12 +41,37 @@ def write_lock_path(settings: Settings) -> Path:
     return settings.data_dir / "flowy.write.lock"
 
 
+def blob_store(settings: Settings) -> BlobStore:
+    """Where files live: the data directory, or an S3-compatible bucket."""
+    if not settings.storage_url:
+        return LocalBlobStore(settings.storage_dir)
+    from flowy.storage.s3 import S3BlobStore
+
+    store = S3BlobStore(settings.storage_url)
+    store.check()
+    return store
+
+
+def check_scaled(settings: Settings) -> None:
+    """What every process of scaled mode must share, checked before it starts."""
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        raise FlowyError(
+            "scaled mode (FLOWY_BROKER_URL) needs a database that every server and "
+            "worker shares: set FLOWY_DATABASE_URL to PostgreSQL"
+        )
+    if not settings.secret_key:
+        raise FlowyError(
+            "scaled mode (FLOWY_BROKER_URL) needs FLOWY_SECRET_KEY, the same on every "
+            "server and worker: it signs file links and seals workspace secrets"
+        )
+
+
 def worker_services(settings: Settings, db: Database) -> tuple[FileService, SecretService]:
     """The services that run execution needs beside the database and the node catalog
     (the server's, or a worker process's own)."""
     files = FileService(
         db,
-        LocalBlobStore(settings.storage_dir),
+        blob_store(settings),
         UrlSigner(settings.signing_key()),
         settings.base_url,
         settings.media.url_ttl_seconds,
@@ -96,11 +122,8 @@ class Platform:
         module-level function when ``worker.processes`` is set.  With a broker
         (scaled mode) this process only answers the API: ``flowy worker`` runs the runs."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if settings.scaled and settings.sqlalchemy_url.startswith("sqlite"):
-            raise FlowyError(
-                "scaled mode (FLOWY_BROKER_URL) needs a database that every server and "
-                "worker shares: set FLOWY_DATABASE_URL to PostgreSQL"
-            )
+        if settings.scaled:
+            check_scaled(settings)
         processes = 0 if settings.scaled else settings.worker.processes
         db = Database(
             settings.sqlalchemy_url,

@@ -23,7 +23,6 @@ from flowy.db.models import Run, utcnow
 from flowy.db.session import Database
 from flowy.engine.cache import ResultCache
 from flowy.engine.registry import NodeRegistry
-from flowy.errors import FlowyError
 from flowy.services.apps import WorkflowCache
 from flowy.services.files import FileService
 from flowy.services.relay import RedisRelay
@@ -269,13 +268,9 @@ def run_worker(settings: Settings, registry: NodeRegistry) -> int:
 
     # Imported here: the platform module imports this one.
     from flowy.db.migrate import upgrade
-    from flowy.services.platform import result_cache, worker_services
+    from flowy.services.platform import check_scaled, result_cache, worker_services
 
-    if settings.sqlalchemy_url.startswith("sqlite"):
-        raise FlowyError(
-            "flowy worker needs the database its servers use: set FLOWY_DATABASE_URL to "
-            "PostgreSQL (with SQLite, `flowy serve` runs the runs itself)"
-        )
+    check_scaled(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
