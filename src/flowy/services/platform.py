@@ -64,6 +64,7 @@ def check_scaled(settings: Settings) -> None:
             "scaled mode (FLOWY_BROKER_URL) needs FLOWY_SECRET_KEY, the same on every "
             "server and worker: it signs file links and seals workspace secrets"
         )
+    settings.events_url  # noqa: B018 - raises FlowyError when there is no Redis for events
 
 
 def worker_services(settings: Settings, db: Database) -> tuple[FileService, SecretService]:
