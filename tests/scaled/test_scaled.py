@@ -226,3 +226,34 @@ def test_servers_share_runs_and_keys(cluster: Cluster) -> None:
     while two.get("/apps", key).status_code != 401:
         assert time.monotonic() < deadline, "the other server still takes the revoked key"
         time.sleep(0.02)
+
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def test_rabbitmq_can_be_the_broker(cluster: Cluster) -> None:
+    kombu = pytest.importorskip("kombu")
+    conn = kombu.Connection(AMQP, connect_timeout=3)
+    try:
+        conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        pytest.skip(f"no RabbitMQ at {AMQP}: {exc}")
+    # Celery's queue on RabbitMQ, events and cancels still over Redis.
+    cluster.env.update(FLOWY_BROKER_URL=AMQP, FLOWY_REDIS_URL=REDIS)
+    try:
+        server = cluster.server()
+        cluster.worker(FLOWY_WORKER__HEARTBEAT_SECONDS="60")
+        echo = _app(server, ECHO)
+        ids = [_run(server, echo, {"node_1": f"rabbit {i}"}) for i in range(5)]
+        assert [server.wait_run(r)["outputs"][0]["value"] for r in ids] == [
+            f"rabbit {i}" for i in range(5)
+        ]
+        slow = _run(server, _app(server, delay(30.0)), {"node_1": "stop me"})
+        _wait_status(server, slow, "running")
+        assert server.post(f"/runs/{slow}/cancel").status_code == 200
+        assert server.wait_run(slow, timeout=10)["status"] == "canceled"
+    finally:
+        for p in cluster.procs:
+            p.kill()
+        conn.default_channel.queue_delete(cluster.env["FLOWY_WORKER__QUEUE"])
+        conn.release()

@@ -37,7 +37,9 @@ def test_blobs_are_kept_by_content_under_the_prefix(storage_url: str) -> None:
 
 def test_a_missing_bucket_is_told_at_start(storage_url: str) -> None:
     other = storage_url.replace("s3://flowy-test-", "s3://flowy-missing-", 1)
-    with pytest.raises(FlowyError, match="cannot reach the bucket 'flowy-missing-"):
+    with pytest.raises(
+        FlowyError, match="FLOWY_STORAGE_URL: cannot reach the bucket 'flowy-missing-"
+    ):
         S3BlobStore(other).check()
 
 

@@ -77,9 +77,10 @@ def serve(
     upgrade(settings.sqlalchemy_url)
     api = f"{settings.base_url}/v1"
     if settings.scaled:
+        files = settings.storage_url or settings.data_dir.resolve()
         typer.echo(
             f"Flowy (scaled out: the API; `flowy worker` runs the runs) on {settings.base_url}, "
-            f"queue {settings.worker.queue!r}, files in {settings.data_dir.resolve()}"
+            f"queue {settings.worker.queue!r}, files in {files}"
         )
     else:
         typer.echo(

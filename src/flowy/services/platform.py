@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -45,6 +46,8 @@ def blob_store(settings: Settings) -> BlobStore:
     """Where files live: the data directory, or an S3-compatible bucket."""
     if not settings.storage_url:
         return LocalBlobStore(settings.storage_dir)
+    if importlib.util.find_spec("boto3") is None:
+        raise FlowyError('FLOWY_STORAGE_URL needs boto3: pip install "flowy[scaled]"')
     from flowy.storage.s3 import S3BlobStore
 
     store = S3BlobStore(settings.storage_url)
@@ -53,7 +56,11 @@ def blob_store(settings: Settings) -> BlobStore:
 
 
 def check_scaled(settings: Settings) -> None:
-    """What every process of scaled mode must share, checked before it starts."""
+    """What every process of scaled mode must have and share, checked before it starts."""
+    needed = ["celery", "redis"] + (["boto3"] if settings.storage_url else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FlowyError(f'scaled mode needs {", ".join(missing)}: pip install "flowy[scaled]"')
     if settings.sqlalchemy_url.startswith("sqlite"):
         raise FlowyError(
             "scaled mode (FLOWY_BROKER_URL) needs a database that every server and "

@@ -62,7 +62,9 @@ class S3BlobStore:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            raise FlowyError(f"cannot reach the bucket {self.bucket!r}: {exc}") from None
+            raise FlowyError(
+                f"FLOWY_STORAGE_URL: cannot reach the bucket {self.bucket!r}: {exc}"
+            ) from None
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()

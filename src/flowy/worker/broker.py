@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -31,6 +31,9 @@ from flowy.services.states import RunStatus
 from flowy.settings import Settings
 from flowy.worker.pool import Housekeeper, make_processor, new_owner
 
+if TYPE_CHECKING:  # Celery is scaled mode's extra (flowy[scaled]), imported when used
+    from celery import Celery
+
 logger = logging.getLogger(__name__)
 
 #: The task a message names; its one argument is the run id.
@@ -39,7 +42,7 @@ TASK = "flowy.run"
 RESEND_BATCH = 500
 
 
-def celery_app(settings: Settings) -> Any:
+def celery_app(settings: Settings) -> Celery:
     """The Celery application of this Flowy's broker and queue."""
     from celery import Celery
 
@@ -68,7 +71,7 @@ class _Sender:
     writer that commits it) never waits on the broker.  A send that fails is logged and
     dropped: the run is committed ``queued``, and the sweeper sends it again."""
 
-    def __init__(self, app: Any, queue_name: str) -> None:
+    def __init__(self, app: Celery, queue_name: str) -> None:
         self.app = app
         self.queue_name = queue_name
         self._outbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
