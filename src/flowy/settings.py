@@ -186,8 +186,9 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(
         None,
-        description="Signs file URLs. When unset, a random key is made once and kept in "
-        "data_dir/secret.key so URLs survive restarts.",
+        description="Signs file URLs and seals workspace secrets. When unset, a random key "
+        "is made once and kept in data_dir/secret.key so URLs survive restarts; scaled "
+        "mode requires it, the same on every server and worker.",
     )
     allow_private_urls: bool = Field(False, description="Flat alias of media.allow_private_urls.")
     bootstrap: bool = Field(

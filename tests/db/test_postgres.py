@@ -7,6 +7,7 @@ is skipped, saying why, where no server answers (a laptop with nothing installed
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,28 @@ def test_runs_complete_on_postgres(pg_url: str, tmp_path: Path) -> None:
         assert [e.seq for e in read_events(p.db, ids[0])] == list(range(1, len(types) + 1))
     finally:
         p.stop()
+
+
+def test_servers_and_workers_that_start_together_migrate_once() -> None:
+    # A fresh database of its own: every process of scaled mode migrates as it starts.
+    with scratch_postgres() as url:
+        errors: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                upgrade(url)
+            except BaseException as exc:  # noqa: BLE001 - told to the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        finally:
+            engine.dispose()
