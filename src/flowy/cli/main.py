@@ -45,6 +45,15 @@ def _settings(data_dir: Path | None = None, **server: Any) -> Settings:
     return settings
 
 
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Their start-up chatter (migrations, where AWS credentials were found) is not news.
+    for name in ("alembic", "botocore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -66,10 +75,7 @@ def serve(
     from flowy.services.platform import Platform
 
     settings = _settings(data_dir, host=host, port=port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _logging(settings)
     try:
         platform = Platform.build(settings)
     except FlowyError as exc:
@@ -123,10 +129,7 @@ def worker(
     settings = _settings(data_dir)
     if concurrency is not None:
         settings.worker.concurrency = concurrency
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _logging(settings)
     if not settings.scaled:
         _fail(
             "flowy worker is for scaled mode: set FLOWY_BROKER_URL (and FLOWY_DATABASE_URL); "
