@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from flowy import __version__
 from flowy.api import errors
+from flowy.api.console import router as console_router
 from flowy.api.fast import FastRoutes
 from flowy.api.feeds import RunFeeds
 from flowy.api.limits import BodyLimit
@@ -57,5 +58,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     app.include_router(router)
     app.include_router(webhooks_router)
+    app.include_router(console_router)
     install_openapi(app, settings)
     return app
