@@ -138,6 +138,7 @@ checks.positive_data_acceptance.expected-statuses = {json.dumps(statuses)}
 def test_every_route_is_in_the_document(document: dict[str, Any], tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path))  # built, never started
     own = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url}
+    own |= {"/", "/console", "/console/", "/console/{name}"}  # the web console's pages
     # FastAPI >= 0.16x nests included routers in app.routes; this flattens them.
     flatten = getattr(fastapi.routing, "iter_route_contexts", None)
     routes = list(flatten(app.routes) if flatten else app.routes)
@@ -145,7 +146,7 @@ def test_every_route_is_in_the_document(document: dict[str, Any], tmp_path: Path
     for route in routes:
         path = route.path_format  # "{endpoint_id}" for "{endpoint_id:id}"
         if path in own:
-            continue  # the document itself and its viewer
+            continue  # the document itself, its viewer, and the console
         for method in route.methods or ():
             served.add(f"{method} {path}")
             if method.lower() not in document["paths"].get(path, {}):

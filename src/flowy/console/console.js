@@ -163,6 +163,7 @@ async function startRun(app) {
 function showStatus(status) {
   $("run-status").textContent = status;
   $("run-status").className = `badge ${status}`;
+  $("cancel").hidden = !["queued", "running"].includes(status);
 }
 
 // Follow a run's event stream (fetch, since EventSource cannot send the key) until it
@@ -170,6 +171,10 @@ function showStatus(status) {
 async function followRun(runId) {
   $("run").hidden = false;
   $("run-id").textContent = runId;
+  $("cancel").onclick = () => {
+    $("cancel").hidden = true;
+    api(`/runs/${encodeURIComponent(runId)}/cancel`, { method: "POST" }).catch((e) => say(e.message, true));
+  };
   $("nodes").replaceChildren();
   $("outputs").replaceChildren();
   $("run-error").hidden = true;
