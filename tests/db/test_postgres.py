@@ -36,7 +36,11 @@ def pg_url() -> Iterator[str]:
 def test_migrations_build_the_models_schema_on_postgres(pg_url: str) -> None:
     upgrade(pg_url)
     upgrade(pg_url)  # a second time: nothing to do
-    engine = create_engine(pg_url)
+    _assert_schema_is_the_models(pg_url)
+
+
+def _assert_schema_is_the_models(url: str) -> None:
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -91,9 +95,4 @@ def test_servers_and_workers_that_start_together_migrate_once() -> None:
         for t in threads:
             t.join(60)
         assert errors == []
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        finally:
-            engine.dispose()
+        _assert_schema_is_the_models(url)
