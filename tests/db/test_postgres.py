@@ -19,6 +19,11 @@ from sqlalchemy import create_engine
 
 from flowy.db.migrate import upgrade
 from flowy.db.models import Base
+from flowy.db.session import Database
+from flowy.engine.registry import default_registry
+from flowy.services import bootstrap as bootstrap_module
+from flowy.services.apps import AppService, WorkflowCache
+from flowy.services.bootstrap import Bootstrapped, bootstrap
 from flowy.services.events import read_events
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
@@ -96,3 +101,36 @@ def test_servers_and_workers_that_start_together_migrate_once() -> None:
             t.join(60)
         assert errors == []
         _assert_schema_is_the_models(url)
+
+
+def test_of_the_servers_that_start_together_one_makes_the_workspace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with scratch_postgres() as url:
+        upgrade(url)
+        # Each start reads "no workspace yet", then takes a while to make it: without the
+        # start-up lock, both would make one.
+        seen = bootstrap_module.first_workspace
+
+        def slow(db: Database) -> str | None:
+            found = seen(db)
+            time.sleep(0.3)
+            return found
+
+        monkeypatch.setattr(bootstrap_module, "first_workspace", slow)
+        made: list[Bootstrapped] = []
+
+        def start() -> None:
+            db = Database(url)
+            try:
+                made.append(bootstrap(db, AppService(db, WorkflowCache(default_registry()))))
+            finally:
+                db.dispose()
+
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(b.api_key is not None for b in made) == [False, True]
+        assert made[0].workspace_id == made[1].workspace_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,3 +258,22 @@ def test_rabbitmq_can_be_the_broker(cluster: Cluster) -> None:
             p.kill()
         conn.default_channel.queue_delete(cluster.env["FLOWY_WORKER__QUEUE"])
         conn.release()
+
+
+def test_servers_that_start_together_make_one_workspace(cluster: Cluster) -> None:
+    servers = [
+        FlowyProcess(cluster.root / "data", cluster.env, port=port)
+        for port in (cluster.port, free_port())
+    ]
+    cluster.procs += servers
+    threads = [threading.Thread(target=s.start) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    keys = [s.key for s in servers if s.key]
+    assert len(keys) == 1, [s.output for s in servers]  # one made the workspace and its key
+    for s in servers:
+        assert s.get("/apps", keys[0]).status_code == 200
+    titles = [a["title"] for a in servers[0].get("/apps", keys[0]).json()["data"]]
+    assert len(titles) == len(set(titles)) == 7  # the example apps, once

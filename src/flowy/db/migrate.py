@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -18,23 +20,32 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-#: The PostgreSQL advisory lock held while migrating: the servers and workers of scaled
-#: mode may start together, and one migrates while the others wait.
-MIGRATION_LOCK = 0x466C6F7779  # "Flowy"
+#: The PostgreSQL advisory lock of :func:`startup_lock`.
+STARTUP_LOCK = 0x466C6F7779  # "Flowy"
 
 
-def upgrade(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema."""
+@contextmanager
+def startup_lock(url: str) -> Iterator[None]:
+    """Held while a process migrates or makes the first workspace: the servers and
+    workers of scaled mode may start together, and one does it while the others wait.
+    Nothing to hold on SQLite, whose one server owns its data directory.  Not
+    re-entrant: each holder has a connection of its own."""
     if not url.startswith("postgresql"):
-        command.upgrade(alembic_config(url), "head")
+        yield
         return
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": STARTUP_LOCK})
             try:
-                command.upgrade(alembic_config(url), "head")
+                yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK})
     finally:
         engine.dispose()
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema."""
+    with startup_lock(url):
+        command.upgrade(alembic_config(url), "head")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from flowy.db.migrate import startup_lock
 from flowy.db.session import Database
 from flowy.services.apps import AppService
 from flowy.services.keys import create_key, create_workspace, first_workspace
@@ -28,7 +29,14 @@ def example_apps() -> list[dict[str, object]]:
 
 
 def bootstrap(db: Database, apps: AppService) -> Bootstrapped:
-    """Create the default workspace with a key and the example apps, once."""
+    """Create the default workspace with a key and the example apps, once: of the
+    servers that start together on one database, one makes them (the others answer
+    what it made, without a key)."""
+    with startup_lock(db.url):
+        return _bootstrap(db, apps)
+
+
+def _bootstrap(db: Database, apps: AppService) -> Bootstrapped:
     existing = first_workspace(db)
     if existing is not None:
         return Bootstrapped(existing, None)
