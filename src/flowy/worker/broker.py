@@ -298,7 +298,7 @@ def run_worker(settings: Settings, registry: NodeRegistry) -> int:
             "address, and fetches file links of any other one over HTTP",
             settings.base_url,
         )
-    # A line per run is the runs' own log's (flowy.worker.runner), not Celery's.
+    # This worker logs one line per run itself (run); Celery's two per task are noise.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(logging.WARNING)
     host, pid, tag = worker.owner.split(":")
