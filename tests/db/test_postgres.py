@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from flowy.services.bootstrap import Bootstrapped, bootstrap
 from flowy.services.events import read_events
 from flowy.services.keys import create_workspace
 from flowy.services.platform import Platform
+from flowy.services.states import claim
 from flowy.settings import Settings
 from tests.backing import scratch_postgres
 from tests.workflows import ECHO
@@ -134,3 +136,35 @@ def test_of_the_servers_that_start_together_one_makes_the_workspace(
             t.join(60)
         assert sorted(b.api_key is not None for b in made) == [False, True]
         assert made[0].workspace_id == made[1].workspace_id
+
+
+def test_claims_of_one_workspace_made_at_once_keep_its_limit(pg_url: str, tmp_path: Path) -> None:
+    # Two workers claim two queued runs of one workspace whose limit is one running run:
+    # the second claim, made while the first's transaction is still open, must wait for
+    # it and then count it.
+    upgrade(pg_url)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", database_url=pg_url)
+    p = Platform.build(settings)  # not started: nothing else claims
+    try:
+        ws = create_workspace(p.db, "limited")
+        app = p.apps.create(ws, title="Echo", workflow=ECHO, published=True).app.id
+        first, second = (p.runs.create(ws, app, {"inputs": {"node_1": n}}).id for n in "ab")
+        lease = timedelta(seconds=60)
+        claimed: list[object] = []
+        with p.db.write() as s:
+            assert claim(s, first, "worker-1", lease, max_running=1) is not None
+
+            def other() -> None:
+                with p.db.write() as s2:
+                    claimed.append(claim(s2, second, "worker-2", lease, max_running=1))
+
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(0.5)
+            assert t.is_alive(), "the second claim did not wait for the first"
+        t.join(10)
+        assert claimed == [None]
+        assert p.runs.get(ws, second).status == "queued"
+    finally:
+        p.runs.writer.close()
+        p.db.dispose()

@@ -97,6 +97,15 @@ def _claim_statement(limited: bool) -> ReturningUpdate[Any]:
 
 
 _CLAIM = {False: Prepared(_claim_statement(False)), True: Prepared(_claim_statement(True))}
+#: PostgreSQL: the transaction-level lock of a run's workspace, taken before a limited
+#: claim.  Under READ COMMITTED two claims of one workspace made at once would each count
+#: its running runs without the other's, and both pass the limit; with the lock they take
+#: turns, and the second counts the first.  (Key class 1: apart from the start-up lock.)
+_LOCK_WORKSPACE = Prepared(
+    select(func.pg_advisory_xact_lock(1, func.hashtext(RUNS.c.workspace_id))).where(
+        RUNS.c.id == bindparam("p_run_id")
+    )
+)
 
 
 def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: int = 0) -> Any:
@@ -111,6 +120,8 @@ def claim(s: Session, run_id: str, owner: str, lease: timedelta, max_running: in
     params = {"p_run_id": run_id, "p_owner": owner, "p_expires": now + lease, "p_now": now}
     if max_running > 0:
         params["p_max_running"] = max_running
+        if s.get_bind().dialect.name == "postgresql":  # SQLite's writers take turns already
+            _LOCK_WORKSPACE.execute(s, {"p_run_id": run_id})
     row = _CLAIM[max_running > 0].execute(s, params).first()
     if row is not None:
         emit(s, run_id, "run.started", {"status": RunStatus.RUNNING})
