@@ -111,10 +111,16 @@ class RedisRelay:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.commits, self.cancels)
-                self._subscribed.set()
+                # Redis answers a connection's commands in order: once the PING's pong
+                # is back, the subscription holds and nothing published after is missed.
+                pubsub.ping()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["type"] == "pong":
+                        self._subscribed.set()
+                    elif message["type"] == "message":
                         self._receive(message)
             except self._errors as exc:
                 logger.warning("lost Redis (%s); subscribing again", exc)
