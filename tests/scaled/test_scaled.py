@@ -1,6 +1,6 @@
 """Scaled mode end to end: ``flowy serve`` (the API alone) and ``flowy worker`` processes
 on the machine's real PostgreSQL and Redis (Celery's broker, and the relay of events and
-cancels), sharing a data directory for files."""
+cancels), or RabbitMQ as the broker; files in a shared data directory or an S3 bucket."""
 
 from __future__ import annotations
 
