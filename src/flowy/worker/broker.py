@@ -247,11 +247,7 @@ class QueueWorker(Housekeeper):
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         while self.processor.active and time.monotonic() < deadline:
             time.sleep(0.05)
-        with self._deferred_lock:
-            parked = [r for runs in self._deferred.values() for r in runs]
-            self._deferred.clear()
-        for run_id in parked:  # still queued: a message lets another worker take them
-            self.enqueue(run_id)
+        self._release()  # parked runs are still queued: a message lets another worker take them
         self.hand_back(self.owner)
         for run_id in list(self.processor.active):
             self.enqueue(run_id)
